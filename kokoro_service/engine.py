@@ -1,0 +1,384 @@
+"""Synthesis engine: one shared Kokoro model, one G2P pipeline per language, the voices.
+
+Everything that touches torch, kokoro or misaki lives here, so the server only ever sees
+``Engine.synthesize(text, voice, lang, speed) -> float32 samples``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from .errors import (
+    DeviceUnavailableError,
+    ModelLoadError,
+    StartupError,
+    SynthesisError,
+    VoiceError,
+)
+
+log = logging.getLogger("kokoro_service.engine")
+
+try:  # kokoro narrates every call through loguru at DEBUG; our own log lines say what matters.
+    from loguru import logger as _loguru
+
+    _loguru.disable("kokoro")
+except ImportError:  # pragma: no cover - kokoro depends on loguru
+    pass
+
+REPO_ID = "hexgrad/Kokoro-82M"
+DEFAULT_VOICE = "af_sky"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# kokoro's own language codes; j and z need misaki extras that are not installed by default.
+LANG_CODES = ("a", "b", "e", "f", "h", "i", "p", "j", "z")
+_WARMUP_TEXT = "Hello, thanks for calling. How can I help you today?"
+
+
+# ------------------------------------------------------------------------------ devices
+
+
+def select_device(requested: str, *, cuda_available: bool, mps_available: bool) -> str:
+    """Map ``--device`` to a torch device name; never falls back silently."""
+    req = requested.strip().lower()
+    base = req.split(":", 1)[0]
+    if base not in DEVICES:
+        raise DeviceUnavailableError(
+            f"unknown device {requested!r}; choose one of {', '.join(DEVICES)} (or cuda:N)"
+        )
+    if base == "auto":
+        if mps_available:
+            return "mps"
+        return "cuda" if cuda_available else "cpu"
+    if base == "cuda" and not cuda_available:
+        raise DeviceUnavailableError(
+            f"device {requested!r} was requested but CUDA is not available "
+            f"(torch {torch.__version__}, built for CUDA: {torch.version.cuda or 'no'})"
+        )
+    if base == "mps" and not mps_available:
+        raise DeviceUnavailableError(f"device {requested!r} was requested but MPS is not available")
+    return req
+
+
+def probe_devices() -> tuple[bool, bool]:
+    """(cuda_available, mps_available) on this host."""
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available(), bool(mps is not None and mps.is_available())
+
+
+# ------------------------------------------------------------------------ model sources
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where the weights come from: an explicit dir, the hub cache, or the embedded import."""
+
+    kind: str  # "model-dir" | "hub-cache" | "embedded"
+    path: Path
+    description: str
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def weights_path(self) -> Path:
+        pths = sorted(self.path.glob("*.pth"))
+        if not pths:
+            raise ModelLoadError(f"no .pth weights file in {self.path}")
+        return pths[0]
+
+    def voice_files(self) -> dict[str, Path]:
+        vdir = self.path / "voices"
+        return {p.stem: p for p in sorted(vdir.glob("*.pt"))} if vdir.is_dir() else {}
+
+
+def model_dir_source(model_dir: Path) -> ModelSource:
+    model_dir = model_dir.expanduser()
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"--model-dir {model_dir} does not exist or is not a directory")
+    missing = [n for n in ("config.json",) if not (model_dir / n).is_file()]
+    if not list(model_dir.glob("*.pth")):
+        missing.append("*.pth")
+    if not list((model_dir / "voices").glob("*.pt")):
+        missing.append("voices/*.pt")
+    if missing:
+        raise ModelLoadError(f"--model-dir {model_dir} lacks {', '.join(missing)}")
+    return ModelSource("model-dir", model_dir, f"model dir {model_dir}")
+
+
+def hub_cache_source() -> ModelSource | None:
+    """The Kokoro-82M snapshot already in the local Hugging Face cache, if complete.
+
+    Only looks; never downloads (``kokoro-service download`` does that on request).
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - kokoro depends on it
+        return None
+    found = []
+    for name in ("config.json", "kokoro-v1_0.pth"):
+        hit = try_to_load_from_cache(REPO_ID, name)
+        if not isinstance(hit, str):
+            return None
+        found.append(Path(hit))
+    snapshot = found[0].parent
+    if not list((snapshot / "voices").glob("*.pt")):
+        return None
+    return ModelSource("hub-cache", snapshot, f"hub cache {snapshot}")
+
+
+def embedded_source(cache_dir: Path) -> ModelSource:
+    from .embedded import EMBEDDED_SOURCE_NAME, ensure_embedded_model
+
+    path = ensure_embedded_model(cache_dir, log=log)
+    return ModelSource("embedded", path, f"{EMBEDDED_SOURCE_NAME} imported into {path}")
+
+
+def resolve_source(model_dir: Path | None, cache_dir: Path) -> ModelSource:
+    """Precedence: ``--model-dir``, then hub weights already cached, then embedded."""
+    if model_dir is not None:
+        return model_dir_source(model_dir)
+    cached = hub_cache_source()
+    if cached is not None:
+        return cached
+    return embedded_source(cache_dir)
+
+
+# ------------------------------------------------------------------------------ voices
+
+
+def parse_voice_spec(spec: str) -> list[tuple[str, float]]:
+    """``"af_sky:0.7,af_bella:0.3"`` → ``[("af_sky", 0.7), ("af_bella", 0.3)]``."""
+    parts = [p.strip() for p in spec.split(",")]
+    if not spec.strip() or any(not p for p in parts):
+        raise VoiceError(f"malformed voice {spec!r}: expected name or name:weight,name:weight")
+    out: list[tuple[str, float]] = []
+    for part in parts:
+        name, sep, raw = part.partition(":")
+        name = name.strip()
+        weight = 1.0
+        if sep:
+            try:
+                weight = float(raw)
+            except ValueError:
+                raise VoiceError(f"malformed weight {raw!r} in voice {spec!r}") from None
+        if not name or not math.isfinite(weight) or weight <= 0:
+            raise VoiceError(f"malformed voice {spec!r}: weights must be positive numbers")
+        out.append((name, weight))
+    return out
+
+
+class VoiceTable:
+    """Loads each voice file once and builds (and caches) blends on request."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self._files = dict(files)
+        self._packs: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._files)
+
+    def _load(self, name: str) -> torch.Tensor:
+        pack = self._packs.get(name)
+        if pack is None:
+            try:
+                loaded = torch.load(self._files[name], map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise VoiceError(f"voice file {self._files[name]} is unreadable: {exc}") from exc
+            if not isinstance(loaded, torch.Tensor) or loaded.dim() != 3 or loaded.shape[-1] != 256:
+                shape = getattr(loaded, "shape", type(loaded).__name__)
+                raise VoiceError(f"voice {name!r} has shape {shape}, expected [510, 1, 256]")
+            pack = loaded.float().contiguous()
+            self._packs[name] = pack
+        return pack
+
+    def get(self, spec: str) -> torch.Tensor:
+        with self._lock:
+            cached = self._packs.get(spec)
+            if cached is not None:
+                return cached
+            blend = parse_voice_spec(spec)
+            unknown = [n for n, _ in blend if n not in self._files]
+            if unknown:
+                raise VoiceError(
+                    f"unknown voice {', '.join(unknown)}; available: {', '.join(self.names)}"
+                )
+            if len(blend) == 1:
+                return self._load(blend[0][0])
+            total = sum(w for _, w in blend)
+            pack = sum((self._load(n) * (w / total) for n, w in blend), torch.zeros(1))
+            self._packs[spec] = pack
+            return pack
+
+
+# ------------------------------------------------------------------------------ engine
+
+
+@dataclass(frozen=True, slots=True)
+class Synthesis:
+    """One segment's audio and what it cost."""
+
+    audio: npt.NDArray[np.float32] | None
+    seconds: float
+    phonemes: str
+
+    @property
+    def audio_seconds(self) -> float:
+        return 0.0 if self.audio is None else len(self.audio) / 24_000
+
+
+class Engine:
+    """Owns the one shared ``KModel``, a ``KPipeline`` (misaki G2P) per language, and voices.
+
+    Responsibilities:
+
+    1. Load the weights once from a :class:`ModelSource` onto the chosen device.
+    2. Turn a text segment into phonemes (serialised per language: G2P is not thread-safe)
+       and run the model under ``inference_mode`` (concurrently: the model is read-only).
+    3. Resolve voice names and blends, each loaded once.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        device: str = "cpu",
+        default_lang: str = "a",
+        torch_threads: int | None = None,
+    ) -> None:
+        from kokoro import KModel
+
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+        # Subnormal floats make CPU kernels crawl (measured 6x slower on random weights).
+        torch.set_flush_denormal(True)
+        self.source = source
+        self.device = device
+        self.voices = VoiceTable(source.voice_files())
+        if not self.voices.names:
+            raise ModelLoadError(f"{source.description} has no voices")
+        t0 = time.perf_counter()
+        try:
+            model = KModel(
+                repo_id=REPO_ID,
+                config=str(source.config_path),
+                model=str(source.weights_path),
+            )
+            _fold_weight_norm(model)
+            self.model = model.to(device).eval()
+        except (OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"cannot load the model from {source.description}: {exc}") from exc
+        log.info(
+            "model loaded source=%s device=%s params=%.1fM seconds=%.2f",
+            source.kind,
+            device,
+            sum(p.numel() for p in self.model.parameters()) / 1e6,
+            time.perf_counter() - t0,
+        )
+        self._pipelines: dict[str, object] = {}
+        self._g2p_locks: dict[str, threading.Lock] = {}
+        self._pipelines_lock = threading.Lock()
+        self.pipeline(default_lang)
+
+    # -- languages ---------------------------------------------------------------------
+
+    def pipeline(self, lang: str) -> object:
+        """The quiet (G2P-only) KPipeline for ``lang``, created on first use."""
+        from kokoro import KPipeline
+
+        lang = lang.strip().lower()
+        with self._pipelines_lock:
+            pipe = self._pipelines.get(lang)
+            if pipe is not None:
+                return pipe
+            if lang not in LANG_CODES:
+                raise VoiceError(f"unknown language {lang!r}; kokoro knows {', '.join(LANG_CODES)}")
+            try:
+                pipe = KPipeline(lang_code=lang, repo_id=REPO_ID, model=False)
+            except (ImportError, OSError, RuntimeError, ValueError) as exc:
+                raise VoiceError(f"language {lang!r} is unavailable here: {exc}") from exc
+            self._pipelines[lang] = pipe
+            self._g2p_locks[lang] = threading.Lock()
+            return pipe
+
+    # -- synthesis ---------------------------------------------------------------------
+
+    def phonemize(self, text: str, lang: str) -> list[str]:
+        """Phoneme chunks for ``text``, each within the model's 510-symbol context."""
+        pipe = self.pipeline(lang)
+        with self._g2p_locks[lang.strip().lower()]:
+            results = list(pipe(text, voice=None, split_pattern=None))  # type: ignore[operator]
+        return [r.phonemes for r in results if r.phonemes]
+
+    def synthesize(self, text: str, *, voice: str, lang: str, speed: float = 1.0) -> Synthesis:
+        """Audio for one segment, or ``audio=None`` when the text has nothing to speak."""
+        from kokoro import KPipeline
+
+        t0 = time.perf_counter()
+        pack = self.voices.get(voice)
+        try:
+            chunks = self.phonemize(text, lang)
+            pieces: list[npt.NDArray[np.float32]] = []
+            with torch.inference_mode():
+                for ps in chunks:
+                    out = KPipeline.infer(self.model, ps, pack, speed)
+                    pieces.append(out.audio.detach().float().cpu().numpy().reshape(-1))
+        except VoiceError:
+            raise
+        except Exception as exc:
+            raise SynthesisError(f"{type(exc).__name__}: {exc}") from exc
+        audio = None
+        if pieces:
+            audio = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            audio = np.ascontiguousarray(audio, dtype=np.float32)
+            if not np.isfinite(audio).all():
+                # Never put NaN/inf on the wire: a player would turn it into a loud click.
+                audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+            if audio.size == 0:
+                audio = None
+        return Synthesis(audio, time.perf_counter() - t0, " / ".join(chunks))
+
+    def warm_up(self, voice: str, lang: str) -> float:
+        """Run one synthesis so the first caller pays no lazy-initialisation cost."""
+        t0 = time.perf_counter()
+        self.synthesize(_WARMUP_TEXT, voice=voice, lang=lang)
+        self.synthesize("Yes.", voice=voice, lang=lang)
+        return time.perf_counter() - t0
+
+
+def _fold_weight_norm(model: torch.nn.Module) -> None:
+    """Bake weight norm into plain weights: inference recomputed g*v/|v| on every call."""
+    for module in model.modules():
+        if hasattr(module, "weight_g") and hasattr(module, "weight_v"):
+            with contextlib.suppress(ValueError):
+                torch.nn.utils.remove_weight_norm(module)
+
+
+def load_engine(
+    *,
+    model_dir: Path | None,
+    cache_dir: Path,
+    device: str,
+    lang: str,
+    torch_threads: int | None,
+) -> Engine:
+    """Resolve the source and build the engine; every failure is a StartupError."""
+    try:
+        source = resolve_source(model_dir, cache_dir)
+        return Engine(source, device=device, default_lang=lang, torch_threads=torch_threads)
+    except StartupError:
+        raise
+    except VoiceError as exc:
+        raise StartupError(str(exc)) from exc

@@ -1,0 +1,51 @@
+"""Every exception kokoro-service raises on purpose lives here.
+
+Each class names one failure domain so that callers can catch precisely and the CLI can
+map start-up failures to their own exit code.
+"""
+
+from __future__ import annotations
+
+
+class KokoroServiceError(Exception):
+    """Base class of every error raised on purpose by kokoro-service."""
+
+
+class ConfigError(KokoroServiceError):
+    """A setting is invalid (bad port, unknown device, malformed value)."""
+
+
+class StartupError(KokoroServiceError):
+    """The daemon cannot start: model, device, voice or socket set-up failed."""
+
+
+class DeviceUnavailableError(StartupError):
+    """The user named a device that this machine does not have."""
+
+
+class ModelLoadError(StartupError):
+    """Model weights or config could not be found or loaded."""
+
+
+class ModelImportError(ModelLoadError):
+    """The embedded int8 ONNX model failed verification or could not be converted."""
+
+
+class VoiceError(KokoroServiceError):
+    """A voice name or blend is unknown or malformed."""
+
+
+class ProtocolError(KokoroServiceError):
+    """A peer sent bytes that break the wire contract in PROTOCOL.md."""
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame announced a length above its bound; raised before the body is read."""
+
+
+class SynthesisError(KokoroServiceError):
+    """Synthesis of one segment failed; the call goes on with the next segment."""
+
+
+class DestinationError(KokoroServiceError):
+    """An audio destination (text connection or sink) could not be reached or stalled."""

@@ -1,0 +1,564 @@
+"""Call routing: UDP registrations, per-destination writers, and each call's audio path.
+
+A call's audio goes back on its text connection unless an audio processor has registered
+the call (``REGISTER:<N>``), in which case it goes to ``sink_host:(sink_port_base + N)``.
+Every destination has its own writer thread and bounded queue, so a peer that reads slowly
+or never stalls only itself.  Chunk ids are numbered per call across destinations.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import DestinationError
+from .protocol import END_FRAME, audio_payload, encode_audio_header, encode_hello
+
+log = logging.getLogger("kokoro_service.routing")
+
+_DECIMAL = re.compile(r"[0-9]{1,10}")
+
+
+def sink_port(call_id: str, base: int) -> int | None:
+    """The sink port of a decimal call_id, or None when the id cannot be routed."""
+    if not _DECIMAL.fullmatch(call_id):
+        return None
+    port = base + int(call_id)
+    return port if port <= 65535 else None
+
+
+# ------------------------------------------------------------------------ registrations
+
+
+class Registry:
+    """Which call_ids an audio processor has registered; bounded, oldest evicted first.
+
+    REGISTER may arrive before the call's HELLO, so entries for unknown calls are kept,
+    up to ``capacity``, which bounds what a REGISTER flood can cost.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._ids: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def register(self, call_id: str) -> tuple[bool, str | None]:
+        """Record ``call_id``; return (newly added, call_id evicted to make room)."""
+        with self._lock:
+            new = call_id not in self._ids
+            self._ids[call_id] = time.monotonic()
+            self._ids.move_to_end(call_id)
+            evicted = None
+            if len(self._ids) > self._capacity:
+                evicted, _ = self._ids.popitem(last=False)
+            return new, evicted
+
+    def unregister(self, call_id: str) -> bool:
+        with self._lock:
+            return self._ids.pop(call_id, None) is not None
+
+    def __contains__(self, call_id: object) -> bool:
+        with self._lock:
+            return call_id in self._ids
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids)
+
+
+# ------------------------------------------------------------------------------ writers
+
+
+@dataclass(slots=True)
+class AudioItem:
+    chunk_id: int
+    samples: npt.NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class RawItem:
+    data: bytes
+    label: str
+
+
+Item = AudioItem | RawItem
+
+
+
+class FrameWriter:
+    """Sends one destination's frames from its own thread, through a bounded queue.
+
+    Responsibilities: own the socket's sending side; send each frame whole, header and
+    samples without copying the samples; give up on a peer that makes no progress for
+    ``write_timeout`` seconds; report a failure once, with the frames it could not send;
+    close the socket after the last frame when asked to finish.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        write_timeout: float,
+        on_failure: Callable[[FrameWriter, str, list[Item]], None],
+        on_progress: Callable[[], None],
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.name = name
+        self._sock = sock
+        self._write_timeout = write_timeout
+        self._on_failure = on_failure
+        self._on_progress = on_progress
+        self._queue: collections.deque[Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._finishing = False
+        self._aborted = False
+        self.failed = False
+        self.frames_sent = 0
+        self._thread = threading.Thread(target=self._run, name=f"writer:{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Accepting frames: not failed, aborted or finishing."""
+        with self._cond:
+            return not (self.failed or self._aborted or self._finishing)
+
+    @property
+    def queued_audio(self) -> int:
+        with self._cond:
+            return sum(1 for item in self._queue if isinstance(item, AudioItem))
+
+    def offer(self, item: Item) -> bool:
+        with self._cond:
+            if self.failed or self._aborted or self._finishing:
+                return False
+            self._queue.append(item)
+            self._cond.notify()
+            return True
+
+    def offer_all(self, items: list[Item]) -> bool:
+        with self._cond:
+            if self.failed or self._aborted or self._finishing:
+                return False
+            self._queue.extend(items)
+            self._cond.notify()
+            return True
+
+    def purge_audio(self) -> int:
+        """Drop queued AUDIO frames (barge-in); a frame already on the wire completes."""
+        with self._cond:
+            kept = [item for item in self._queue if not isinstance(item, AudioItem)]
+            dropped = len(self._queue) - len(kept)
+            self._queue = collections.deque(kept)
+            return dropped
+
+    def finish(self) -> None:
+        """Send what is queued, then close."""
+        with self._cond:
+            self._finishing = True
+            self._cond.notify()
+
+    def abort(self) -> None:
+        """Stop now and close; queued frames are dropped."""
+        with self._cond:
+            self._aborted = True
+            self._queue.clear()
+            self._cond.notify()
+        sock = self._sock
+        if sock is not None:
+            _shutdown(sock)
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- thread ------------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        """Return the socket to send on; sink writers override this to dial out."""
+        if self._sock is None:
+            raise DestinationError("no socket")
+        return self._sock
+
+    def _preamble(self) -> bytes:
+        return b""
+
+    def _run(self) -> None:
+        sock: socket.socket | None = None
+        try:
+            sock = self._connect()
+            self._sock = sock
+            sock.settimeout(self._write_timeout)
+            preamble = self._preamble()
+            if preamble:
+                self._send(sock, [memoryview(preamble)])
+            while True:
+                with self._cond:
+                    while not self._queue and not self._finishing and not self._aborted:
+                        self._cond.wait()
+                    if self._aborted or (not self._queue and self._finishing):
+                        break
+                    item = self._queue.popleft()
+                try:
+                    self._send_item(sock, item)
+                except DestinationError:
+                    with self._cond:
+                        self._queue.appendleft(item)
+                    raise
+                self.frames_sent += 1
+                self._on_progress()
+        except DestinationError as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # never let a writer thread die silently
+            log.exception("writer=%s crashed", self.name)
+            self._fail(f"internal error: {exc}")
+        finally:
+            if sock is not None:
+                if self.failed or self._aborted:
+                    _shutdown(sock)
+                else:
+                    # FIN only: the peer reads every byte before it sees the close.  A
+                    # full shutdown here could turn into a reset that discards them.
+                    _close_after_fin(sock)
+            self._on_progress()
+
+    def _fail(self, reason: str) -> None:
+        with self._cond:
+            if self._aborted:
+                return
+            self.failed = True
+            unsent = list(self._queue)
+            self._queue.clear()
+        self._on_failure(self, reason, unsent)
+
+    def _send_item(self, sock: socket.socket, item: Item) -> None:
+        if isinstance(item, RawItem):
+            self._send(sock, [memoryview(item.data)])
+            return
+        payload = audio_payload(item.samples)
+        header = encode_audio_header(payload.nbytes, item.chunk_id)
+        self._send(sock, [memoryview(header), payload])
+
+    def _send(self, sock: socket.socket, buffers: list[memoryview]) -> None:
+        """Send every byte; fail when the peer accepts nothing for ``write_timeout``."""
+        pending = [b for b in buffers if b.nbytes]
+        while pending:
+            if self._aborted:
+                raise DestinationError("aborted")
+            try:
+                sent = sock.sendmsg(pending)
+            except TimeoutError:
+                raise DestinationError(
+                    f"peer accepted no data for {self._write_timeout:g}s (not reading)"
+                ) from None
+            except OSError as exc:
+                raise DestinationError(f"send failed: {exc.strerror or exc}") from None
+            while sent and pending:
+                head = pending[0]
+                if sent >= head.nbytes:
+                    sent -= head.nbytes
+                    pending.pop(0)
+                else:
+                    pending[0] = head[sent:]
+                    sent = 0
+
+
+class SinkWriter(FrameWriter):
+    """Writer to an audio processor: dials ``host:port`` with backoff, then sends HELLO."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        call_id: str,
+        host: str,
+        port: int,
+        attempts: int,
+        backoff: float,
+        write_timeout: float,
+        on_failure: Callable[[FrameWriter, str, list[Item]], None],
+        on_progress: Callable[[], None],
+    ) -> None:
+        super().__init__(
+            name, write_timeout=write_timeout, on_failure=on_failure, on_progress=on_progress
+        )
+        self.call_id = call_id
+        self.host = host
+        self.port = port
+        self._attempts = attempts
+        self._backoff = backoff
+
+    def _connect(self) -> socket.socket:
+        delay = self._backoff
+        last = ""
+        for attempt in range(1, self._attempts + 1):
+            if self._aborted:
+                raise DestinationError("aborted")
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=self._write_timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                log.info(
+                    "sink connected call=%s sink=%s:%d attempt=%d",
+                    self.call_id,
+                    self.host,
+                    self.port,
+                    attempt,
+                )
+                return sock
+            except OSError as exc:
+                last = exc.strerror or str(exc)
+                log.warning(
+                    "sink connect failed call=%s sink=%s:%d attempt=%d/%d: %s",
+                    self.call_id,
+                    self.host,
+                    self.port,
+                    attempt,
+                    self._attempts,
+                    last,
+                )
+            if attempt < self._attempts:
+                time.sleep(delay)
+                delay *= 2
+        raise DestinationError(f"cannot connect to sink {self.host}:{self.port}: {last}")
+
+    def _preamble(self) -> bytes:
+        return encode_hello(self.call_id)
+
+
+def _close_after_fin(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+# ------------------------------------------------------------------------------ calls
+
+
+@dataclass(slots=True)
+class CallStats:
+    """What the current utterance cost, for the one log line it gets."""
+
+    segments: int = 0
+    synth_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def reset(self) -> None:
+        self.segments = 0
+        self.synth_seconds = 0.0
+        self.audio_seconds = 0.0
+        self.started = time.monotonic()
+
+
+class CallRoute:
+    """One call's audio path: chunk numbering, destination choice, END, and fallback.
+
+    Responsibilities: number AUDIO frames 1..n across destinations; send each to the
+    registered sink when there is one and back on the text connection otherwise; on a
+    sink that cannot be reached, move its unsent frames to the text connection (logged,
+    never dropped); send END to every destination when the call ends.
+    """
+
+    def __init__(
+        self,
+        call_id: str,
+        peer: str,
+        text_sock: socket.socket,
+        *,
+        sink_host: str,
+        sink_port_base: int,
+        write_timeout: float,
+        sink_attempts: int,
+        sink_backoff: float,
+        on_progress: Callable[[], None],
+        on_dead: Callable[[CallRoute], None],
+    ) -> None:
+        self.call_id = call_id
+        self.peer = peer
+        self._sink_host = sink_host
+        self._sink_port_base = sink_port_base
+        self._write_timeout = write_timeout
+        self._sink_attempts = sink_attempts
+        self._sink_backoff = sink_backoff
+        self._on_progress = on_progress
+        self._on_dead = on_dead
+        self._lock = threading.RLock()
+        self._chunk_id = 0
+        self._ended = False
+        self.text = FrameWriter(
+            f"text:{call_id}",
+            sock=text_sock,
+            write_timeout=write_timeout,
+            on_failure=self._writer_failed,
+            on_progress=on_progress,
+        )
+        self.text.start()
+        self.sink: SinkWriter | None = None
+        self._old_sinks: list[SinkWriter] = []
+
+    @property
+    def chunks_sent(self) -> int:
+        return self._chunk_id
+
+    def _current(self) -> FrameWriter | None:
+        if self.sink is not None and self.sink.alive:
+            return self.sink
+        return self.text if self.text.alive else None
+
+    def has_room(self, bound: int) -> bool:
+        """Whether the current destination can take another frame without exceeding ``bound``."""
+        with self._lock:
+            dest = self._current()
+            return dest is None or dest.queued_audio < bound
+
+    @property
+    def deliverable(self) -> bool:
+        """Whether any destination can still receive this call's audio."""
+        with self._lock:
+            return self._current() is not None
+
+    def attach_sink(self) -> None:
+        with self._lock:
+            if self._ended or (self.sink is not None and self.sink.alive):
+                return
+            port = sink_port(self.call_id, self._sink_port_base)
+            if port is None:
+                log.warning(
+                    "registered call is not routable call=%s: call_id must be a decimal N "
+                    "with sink_port_base+N <= 65535; audio stays on the text connection",
+                    self.call_id,
+                )
+                return
+            self.sink = SinkWriter(
+                f"sink:{self.call_id}",
+                call_id=self.call_id,
+                host=self._sink_host,
+                port=port,
+                attempts=self._sink_attempts,
+                backoff=self._sink_backoff,
+                write_timeout=self._write_timeout,
+                on_failure=self._writer_failed,
+                on_progress=self._on_progress,
+            )
+            self.sink.start()
+            log.info("call routed to sink call=%s sink=%s:%d", self.call_id, self._sink_host, port)
+
+    def detach_sink(self, reason: str) -> None:
+        with self._lock:
+            sink, self.sink = self.sink, None
+            if sink is None:
+                return
+            if sink.offer(RawItem(END_FRAME, "END")):
+                sink.finish()
+            self._old_sinks.append(sink)
+            log.info("call unrouted from sink call=%s reason=%s", self.call_id, reason)
+
+    def send_audio(self, samples: npt.NDArray[np.float32]) -> int | None:
+        """Queue one AUDIO frame on the current destination; return its chunk id."""
+        with self._lock:
+            dest = self._current()
+            if dest is None or self._ended:
+                return None
+            self._chunk_id += 1
+            if not dest.offer(AudioItem(self._chunk_id, samples)):
+                self._chunk_id -= 1
+                return None
+            return self._chunk_id
+
+    def purge(self) -> int:
+        with self._lock:
+            dropped = self.text.purge_audio()
+            if self.sink is not None:
+                dropped += self.sink.purge_audio()
+            return dropped
+
+    def end(self) -> None:
+        """Send END everywhere the call has a live destination, then close them."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            for writer in (self.sink, self.text):
+                if writer is not None and writer.offer(RawItem(END_FRAME, "END")):
+                    writer.finish()
+                elif writer is not None:
+                    writer.abort()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._ended = True
+            for writer in (self.sink, self.text, *self._old_sinks):
+                if writer is not None:
+                    writer.abort()
+
+    def join(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        ok = True
+        for writer in (self.text, self.sink, *self._old_sinks):
+            if writer is not None:
+                ok = writer.join(max(0.0, deadline - time.monotonic())) and ok
+        return ok
+
+    def _writer_failed(self, writer: FrameWriter, reason: str, unsent: list[Item]) -> None:
+        with self._lock:
+            audio = [item for item in unsent if isinstance(item, AudioItem)]
+            if isinstance(writer, SinkWriter):
+                if self.sink is writer:
+                    self.sink = None
+                    self._old_sinks.append(writer)
+                if audio and self.text.offer_all(list(audio)):
+                    log.warning(
+                        "sink failed call=%s sink=%s:%d: %s; %d frame(s) delivered on the text "
+                        "connection instead, and the rest of the call follows them",
+                        self.call_id,
+                        writer.host,
+                        writer.port,
+                        reason,
+                        len(audio),
+                    )
+                elif audio:
+                    log.error(
+                        "sink failed call=%s: %s; %d frame(s) undeliverable: text connection "
+                        "is gone too",
+                        self.call_id,
+                        reason,
+                        len(audio),
+                    )
+                else:
+                    log.warning("sink failed call=%s: %s", self.call_id, reason)
+            else:
+                level = logging.WARNING if reason != "aborted" else logging.DEBUG
+                log.log(
+                    level,
+                    "text connection lost call=%s peer=%s: %s (%d frame(s) unsent)",
+                    self.call_id,
+                    self.peer,
+                    reason,
+                    len(audio),
+                )
+            dead = self._current() is None
+        if dead:
+            self._on_dead(self)
+        self._on_progress()

@@ -1,0 +1,171 @@
+"""Fair scheduling of synthesis work across calls, one segment at a time.
+
+Workers ask for the next job; the scheduler hands out the oldest-served call's next
+segment.  A call that has just started has never been served, so it goes first: a long
+reply on one call delays another call's first audio by at most the segment in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One unit of synthesis: text plus the call settings in force when it arrived."""
+
+    text: str
+    voice: str
+    lang: str
+    speed: float
+    generation: int
+    first: bool
+
+
+@dataclass(eq=False, slots=True)
+class CallWork:
+    """The scheduler's view of one call."""
+
+    key: str
+    has_room: Callable[[], bool]
+    pending: collections.deque[Segment] = field(default_factory=collections.deque)
+    in_flight: Segment | None = None
+    generation: int = 0
+    input_closed: bool = False
+    finished: bool = False
+    last_served: int = -1
+    pending_chars: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and self.in_flight is None
+
+
+class Scheduler:
+    """Hands segments to workers round-robin over calls, one in flight per call.
+
+    Responsibilities: keep each call's segments in order; give every call its turn
+    (least recently served first); skip a call whose destination queue is full, which is
+    how a slow reader throttles only its own call; say when a call has nothing left so
+    the server can send END.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._calls: list[CallWork] = []
+        self._ticket = itertools.count()
+        self._stopped = False
+
+    def add(self, work: CallWork) -> None:
+        with self._cond:
+            self._calls.append(work)
+
+    def remove(self, work: CallWork) -> None:
+        with self._cond:
+            if work in self._calls:
+                self._calls.remove(work)
+
+    def submit(self, work: CallWork, segments: list[Segment]) -> None:
+        if not segments:
+            return
+        with self._cond:
+            if work.finished:
+                return
+            work.pending.extend(segments)
+            work.pending_chars += sum(len(s.text) for s in segments)
+            self._cond.notify_all()
+
+    def pending_chars(self, work: CallWork) -> int:
+        with self._cond:
+            return work.pending_chars
+
+    def cancel(self, work: CallWork) -> tuple[int, int]:
+        """Drop queued segments; results of the one in flight become stale.
+
+        Returns (segments dropped, new generation).
+        """
+        with self._cond:
+            dropped = len(work.pending)
+            work.pending.clear()
+            work.pending_chars = 0
+            work.generation += 1
+            return dropped, work.generation
+
+    def generation(self, work: CallWork) -> int:
+        with self._cond:
+            return work.generation
+
+    def close_input(self, work: CallWork) -> bool:
+        """No more text will come; return True if the call is finished right now."""
+        with self._cond:
+            work.input_closed = True
+            return self._finish_if_done(work)
+
+    def done(self, work: CallWork, segment: Segment) -> tuple[bool, bool]:
+        """A worker finished ``segment``; return (call drained, call finished)."""
+        with self._cond:
+            if work.in_flight is segment:
+                work.in_flight = None
+            drained = work.idle
+            finished = self._finish_if_done(work)
+            self._cond.notify_all()
+            return drained, finished
+
+    def _finish_if_done(self, work: CallWork) -> bool:
+        if work.input_closed and work.idle and not work.finished:
+            work.finished = True
+            return True
+        return False
+
+    def next_job(self, timeout: float | None = None) -> tuple[CallWork, Segment] | None:
+        """Block until a segment is runnable (or ``timeout``/stop); claim and return it."""
+        with self._cond:
+            while not self._stopped:
+                job = self._pick()
+                if job is not None:
+                    return job
+                if not self._cond.wait(timeout):
+                    return None
+            return None
+
+    def _pick(self) -> tuple[CallWork, Segment] | None:
+        best: CallWork | None = None
+        for work in self._calls:
+            if work.in_flight is not None or not work.pending:
+                continue
+            if best is not None and work.last_served >= best.last_served:
+                continue
+            if not work.has_room():
+                continue
+            best = work
+        if best is None:
+            return None
+        segment = best.pending.popleft()
+        best.pending_chars -= len(segment.text)
+        best.in_flight = segment
+        best.last_served = next(self._ticket)
+        return best, segment
+
+    def notify(self) -> None:
+        """Something outside changed (a writer drained): re-check who can run."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    @property
+    def stopped(self) -> bool:
+        with self._cond:
+            return self._stopped
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return any(not w.idle for w in self._calls)

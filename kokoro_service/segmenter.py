@@ -1,0 +1,297 @@
+"""Text segmentation: turns a stream of text pieces into speakable segments.
+
+A segment is what one AUDIO frame carries: a sentence, or a clause of a long sentence.
+Segments must be cut where a speaker would pause anyway, so that synthesising them one by
+one keeps natural prosody, while the *first* segment of each utterance is kept short so
+that the caller hears audio as early as possible.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Words whose trailing period does not end a sentence.
+_ABBREVIATIONS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "dept",
+        "est",
+        "fig",
+        "no",
+        "approx",
+        "apt",
+        "ave",
+        "blvd",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "mon",
+        "tue",
+        "wed",
+        "thu",
+        "fri",
+        "sat",
+        "sun",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+    ]
+)
+# Short words a speaker naturally pauses before; used only when a long stretch of text
+# has no punctuation at all and a cut must be made somewhere.
+_BREATH_WORDS = frozenset(
+    [
+        "and",
+        "but",
+        "or",
+        "so",
+        "because",
+        "which",
+        "who",
+        "that",
+        "when",
+        "where",
+        "while",
+        "if",
+        "then",
+        "although",
+        "though",
+    ]
+)
+_SENTENCE_END = "!?…"
+_CLAUSE_MARKS = ",;:—–"
+_CLOSERS = "\"')]}”’»"
+_WS = re.compile(r"[ \t\r\f\v\u00a0]+")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmenterConfig:
+    """Where the segmenter cuts.  Defaults suit Kokoro-82M on telephony replies."""
+
+    max_chars: int = 200
+    """Longest segment; longer sentences are cut at clauses, then at words."""
+    first_max_words: int = 8
+    """Longest first segment of an utterance when no punctuation comes earlier."""
+    max_word_chars: int = 80
+    """A 'word' longer than this (no spaces) is cut hard, bounding its phoneme count."""
+
+    def __post_init__(self) -> None:
+        if self.max_chars < 16:
+            raise ValueError("max_chars must be at least 16")
+        if self.first_max_words < 1:
+            raise ValueError("first_max_words must be at least 1")
+        if not 8 <= self.max_word_chars <= self.max_chars:
+            raise ValueError("max_word_chars must be in 8..max_chars")
+
+
+class Segmenter:
+    """Buffers a call's incoming text and releases speakable segments in order.
+
+    Responsibilities:
+
+    1. Join pieces that arrive off word boundaries (LLM tokens) and normalise whitespace.
+    2. Cut at sentence ends, at clause marks when a sentence runs long, at words when no
+       punctuation comes, and hard inside a single over-long word.
+    3. Keep the first segment of each utterance short (its first clause, or a few words).
+
+    It never drops text: everything pushed comes back out of :meth:`push` or
+    :meth:`flush`, apart from whitespace.
+    """
+
+    def __init__(self, config: SegmenterConfig | None = None) -> None:
+        self.config = config or SegmenterConfig()
+        self._buf = ""
+        self._first = True
+
+    @property
+    def pending_chars(self) -> int:
+        return len(self._buf)
+
+    @property
+    def at_utterance_start(self) -> bool:
+        return self._first
+
+    def start_utterance(self) -> None:
+        """The next segment opens a new utterance, so it is kept short again."""
+        self._first = True
+
+    def reset(self) -> None:
+        """Drop buffered text (barge-in); the next segment opens a new utterance."""
+        self._buf = ""
+        self._first = True
+
+    def push(self, text: str) -> list[str]:
+        """Add ``text``; return the segments it completes."""
+        self._buf += _WS.sub(" ", text)
+        out: list[str] = []
+        while (cut := self._find_cut(final=False)) is not None:
+            self._emit(cut, out)
+        return out
+
+    def flush(self) -> list[str]:
+        """Return every remaining segment (end of the call's text)."""
+        out: list[str] = []
+        while self._buf.strip():
+            cut = self._find_cut(final=True)
+            self._emit(len(self._buf) if cut is None else cut, out)
+        self._buf = ""
+        return out
+
+    def _emit(self, cut: int, out: list[str]) -> None:
+        segment, self._buf = self._buf[:cut].strip(), self._buf[cut:].lstrip(" ")
+        if segment.strip(" \n"):
+            out.append(" ".join(segment.split()))
+            self._first = False
+
+    # ------------------------------------------------------------------ boundaries
+
+    def _find_cut(self, *, final: bool) -> int | None:
+        """Index just past where the next segment ends, or None to wait for more text."""
+        buf = self._buf
+        if not buf.strip():
+            return None
+        cfg = self.config
+        limit = cfg.max_chars
+        if self._first:
+            # The earlier of the first clause and a few words, so first audio comes fast.
+            cuts = [
+                c
+                for c in (
+                    _first_boundary(buf, clauses=True, final=final, limit=limit),
+                    _word_cut(buf[: limit + 1], cfg.first_max_words, final=final),
+                )
+                if c is not None
+            ]
+            if cuts:
+                return min(cuts)
+        sentence = _first_boundary(buf, clauses=False, final=final, limit=limit)
+        if sentence is not None:
+            return sentence
+        head = buf[: limit + 1]
+        long_word = _long_word_cut(head, cfg.max_word_chars)
+        if long_word is not None:
+            return long_word
+        if len(buf) <= limit:
+            return None
+        # A sentence longer than max_chars: cut at its last clause mark, else its last
+        # word break (before a breath word where possible), else hard.
+        clause = _last_boundary(head, _CLAUSE_MARKS)
+        if clause is not None and clause >= limit // 4:
+            return clause
+        return _last_word_break(head) or limit
+
+
+def _is_boundary_at(buf: str, i: int, *, final: bool) -> int | None:
+    """If the punctuation at ``buf[i]`` ends a unit, return the index just past it."""
+    j = i + 1
+    while j < len(buf) and buf[j] in _CLOSERS:
+        j += 1
+    if j < len(buf):
+        return j if buf[j] in " \n" else None
+    # The buffer ends right here: more text may follow.  Terminal marks other than '.'
+    # are taken at once; '.' after a digit may be a decimal point, so it waits.
+    if final or buf[i] in _SENTENCE_END or buf[i] in _CLAUSE_MARKS:
+        return j
+    return None if i > 0 and buf[i - 1].isdigit() else j
+
+
+def _ends_abbreviation(buf: str, dot: int) -> bool:
+    start = dot
+    while start > 0 and (buf[start - 1].isalpha() or buf[start - 1] == "."):
+        start -= 1
+    word = buf[start:dot].lower()
+    if not word:
+        return False
+    if len(word) == 1 and word.isalpha():
+        return True  # an initial such as "J. Smith"
+    return word in _ABBREVIATIONS
+
+
+def _first_boundary(buf: str, *, clauses: bool, final: bool, limit: int) -> int | None:
+    marks = _SENTENCE_END + "." + (_CLAUSE_MARKS if clauses else "")
+    for i, ch in enumerate(buf):
+        if i > limit:
+            return None
+        if ch == "\n":
+            if buf[:i].strip():
+                return i + 1
+            continue
+        if ch not in marks:
+            continue
+        if ch == "." and _ends_abbreviation(buf, i):
+            continue
+        if ch in _CLAUSE_MARKS and not buf[:i].strip():
+            continue
+        cut = _is_boundary_at(buf, i, final=final)
+        if cut is not None:
+            return cut
+    return None
+
+
+def _last_boundary(head: str, marks: str) -> int | None:
+    for i in range(len(head) - 1, 0, -1):
+        if head[i] in marks:
+            cut = _is_boundary_at(head, i, final=False)
+            if cut is not None and cut <= len(head):
+                return cut
+    return None
+
+
+def _word_cut(buf: str, max_words: int, *, final: bool) -> int | None:
+    """Cut after at most ``max_words`` complete words, preferring a breath word."""
+    spans = [m.span() for m in re.finditer(r"\S+", buf)]
+    complete = spans if final else [s for s in spans if s[1] < len(buf)]
+    if len(complete) <= max_words:
+        return None
+    # Prefer a pause before a conjunction in the second half of the window.
+    for k in range(max_words, max(1, max_words // 2), -1):
+        word = buf[complete[k][0] : complete[k][1]].lower().strip(",.;:")
+        if word in _BREATH_WORDS:
+            return complete[k][0]
+    return complete[max_words][0]
+
+
+def _long_word_cut(buf: str, max_word_chars: int) -> int | None:
+    """Cut inside a run of non-space characters longer than ``max_word_chars``."""
+    for m in re.finditer(r"\S+", buf):
+        if m.end() - m.start() > max_word_chars:
+            return m.start() + max_word_chars if m.start() == 0 else m.start()
+    return None
+
+
+def _last_word_break(head: str) -> int | None:
+    spaces = [m.start() for m in re.finditer(r" ", head)]
+    if not spaces or spaces[-1] == 0:
+        return None
+    for s in reversed(spaces[-6:]):
+        nxt = head[s + 1 :].split(" ", 1)[0].lower()
+        if nxt in _BREATH_WORDS and s >= len(head) // 2:
+            return s
+    return spaces[-1]
