@@ -94,7 +94,6 @@ class RawItem:
 Item = AudioItem | RawItem
 
 
-
 class FrameWriter:
     """Sends one destination's frames from its own thread, through a bounded queue.
 

@@ -1,0 +1,176 @@
+"""Shared fixtures: a random-weight checkpoint in the real KModel layout, an engine loaded
+from it through ``--model-dir`` code paths, and in-process daemons on ephemeral ports."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from kokoro_service.checkpoint import build_random_checkpoint
+from kokoro_service.config import Settings
+from kokoro_service.engine import Engine, model_dir_source
+from kokoro_service.protocol import AudioStreamDecoder, End, ServerFrame
+from kokoro_service.server import Server
+
+TEST_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_random_checkpoint(tmp_path_factory.mktemp("tiny"), size="tiny", seed=1)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_dir: Path) -> Engine:
+    eng = Engine(model_dir_source(tiny_dir), device="cpu", default_lang="a")
+    eng.warm_up("af_sky", "a")
+    return eng
+
+
+DaemonFactory = Callable[..., Server]
+
+
+@pytest.fixture
+def daemon(engine: Engine, tmp_path: Path) -> Iterator[DaemonFactory]:
+    """Start in-process servers with test settings; each is stopped after the test."""
+    servers: list[Server] = []
+
+    def start(**overrides: Any) -> Server:
+        base = Settings(
+            tcp_port=0,
+            udp_port=0,
+            sink_port_base=free_port_base(),
+            cache_dir=tmp_path,
+            drain_timeout=10.0,
+            warmup=False,
+        )
+        settings = dataclasses.replace(base, **overrides)
+        server = Server(settings, engine, voice=overrides.pop("voice", None) or "af_sky")
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(drain_timeout=5.0)
+
+
+def free_port_base() -> int:
+    """A sink port base such that base+N for small N are (very likely) free."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return max(1024, port - 100)
+
+
+class FakeSink:
+    """A fake outbound audio processor: a TCP listener on sink_port_base + N."""
+
+    def __init__(self, port: int, *, read: bool = True) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.read = read
+        self.frames: list[ServerFrame] = []
+        self.call_ids: list[str | None] = []
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        decoder = AudioStreamDecoder(expect_hello=True)
+        conn.settimeout(0.2)
+        with conn:
+            while not self._stop.is_set():
+                if not self.read:
+                    time.sleep(0.1)
+                    continue
+                try:
+                    data = conn.recv(1 << 20)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.frames.extend(decoder.feed(data))
+                if decoder.call_id is not None and decoder.call_id not in self.call_ids:
+                    self.call_ids.append(decoder.call_id)
+
+    @property
+    def ended(self) -> bool:
+        return any(isinstance(f, End) for f in self.frames)
+
+    def wait_end(self, timeout: float = TEST_TIMEOUT) -> bool:
+        return wait_for(lambda: self.ended, timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(2)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = TEST_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+class LogCapture(logging.Handler):
+    """Collects formatted records of kokoro_service loggers for assertions on reasons."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self._lock2 = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock2:
+            self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+    def has(self, *needles: str) -> bool:
+        with self._lock2:
+            return any(all(n in line for n in needles) for line in self.lines)
+
+    def wait(self, *needles: str, timeout: float = TEST_TIMEOUT) -> bool:
+        return wait_for(lambda: self.has(*needles), timeout)
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    handler = LogCapture()
+    logger = logging.getLogger("kokoro_service")
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
