@@ -1,8 +1,9 @@
-"""Fair scheduling of synthesis work across calls, one segment at a time.
+"""Fair, deadline-aware scheduling of synthesis work across calls, one segment at a time.
 
-Workers ask for the next job; the scheduler hands out the oldest-served call's next
-segment.  A call that has just started has never been served, so it goes first: a long
-reply on one call delays another call's first audio by at most the segment in flight.
+Workers ask for the next job.  The first segment of a reply always goes first, so a long
+reply on one call delays another call's first audio by at most the segment in flight;
+after that, the call whose listener will run out of audio soonest goes next (earliest
+deadline first), which is what keeps every player fed when calls compete for the cores.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class CallWork:
     finished: bool = False
     last_served: int = -1
     pending_chars: int = 0
+    deadline: float = 0.0
+    """When the call's player runs dry (monotonic seconds): the earliest goes first."""
 
     @property
     def idle(self) -> bool:
@@ -46,10 +49,10 @@ class CallWork:
 
 
 class Scheduler:
-    """Hands segments to workers round-robin over calls, one in flight per call.
+    """Hands segments to workers, one in flight per call.
 
-    Responsibilities: keep each call's segments in order; give every call its turn
-    (least recently served first); skip a call whose destination queue is full, which is
+    Responsibilities: keep each call's segments in order; serve first segments first and
+    then the earliest playback deadline (ties: least recently served); skip a call whose destination queue is full, which is
     how a slow reader throttles only its own call; say when a call has nothing left so
     the server can send END.
     """
@@ -132,16 +135,24 @@ class Scheduler:
                     return None
             return None
 
+    def set_deadline(self, work: CallWork, deadline: float) -> None:
+        with self._cond:
+            work.deadline = deadline
+
     def _pick(self) -> tuple[CallWork, Segment] | None:
+        # First segments of a reply go first (a caller is waiting in silence), then the
+        # call whose player runs dry soonest, then the one served longest ago.
         best: CallWork | None = None
+        best_key: tuple[bool, float, int] | None = None
         for work in self._calls:
             if work.in_flight is not None or not work.pending:
                 continue
-            if best is not None and work.last_served >= best.last_served:
+            key = (not work.pending[0].first, work.deadline, work.last_served)
+            if best_key is not None and key >= best_key:
                 continue
             if not work.has_room():
                 continue
-            best = work
+            best, best_key = work, key
         if best is None:
             return None
         segment = best.pending.popleft()

@@ -85,6 +85,12 @@ _BREATH_WORDS = frozenset(
         "though",
     ]
 )
+# Words that lean on the next word: a segment should not end on one of them.
+_CLINGERS = frozenset(
+    """a an the my your our their his her its this that these those to of in on at for with
+    from by into onto about as than and or but nor so if is are was were be been am will
+    would can could should shall may might must do does did have has had not no very""".split()
+)
 _SENTENCE_END = "!?…"
 _CLAUSE_MARKS = ",;:—–"
 _CLOSERS = "\"')]}”’»"
@@ -101,6 +107,13 @@ class SegmenterConfig:
     """Longest first segment of an utterance when no punctuation comes earlier."""
     max_word_chars: int = 80
     """A 'word' longer than this (no spaces) is cut hard, bounding its phoneme count."""
+    growth: float = 2.0
+    """After the first segment, each segment may be at most ``growth`` times the text
+    already released in the utterance (until that exceeds ``max_chars``).  Synthesis of
+    the next segment then finishes before the audio already sent has played out, so the
+    short first segment does not cost a stall.  0 releases whole sentences instead."""
+    min_chars: int = 20
+    """Smallest budget for a segment released under ``growth``."""
 
     def __post_init__(self) -> None:
         if self.max_chars < 16:
@@ -109,6 +122,10 @@ class SegmenterConfig:
             raise ValueError("first_max_words must be at least 1")
         if not 8 <= self.max_word_chars <= self.max_chars:
             raise ValueError("max_word_chars must be in 8..max_chars")
+        if self.growth != 0 and not 1.0 <= self.growth <= 100.0:
+            raise ValueError("growth must be 0 (off) or 1..100")
+        if not 1 <= self.min_chars <= self.max_chars:
+            raise ValueError("min_chars must be in 1..max_chars")
 
 
 class Segmenter:
@@ -129,6 +146,7 @@ class Segmenter:
         self.config = config or SegmenterConfig()
         self._buf = ""
         self._first = True
+        self._released = 0  # characters released so far in this utterance
 
     @property
     def pending_chars(self) -> int:
@@ -141,11 +159,13 @@ class Segmenter:
     def start_utterance(self) -> None:
         """The next segment opens a new utterance, so it is kept short again."""
         self._first = True
+        self._released = 0
 
     def reset(self) -> None:
         """Drop buffered text (barge-in); the next segment opens a new utterance."""
         self._buf = ""
         self._first = True
+        self._released = 0
 
     def push(self, text: str) -> list[str]:
         """Add ``text``; return the segments it completes."""
@@ -169,6 +189,7 @@ class Segmenter:
         if segment.strip(" \n"):
             out.append(" ".join(segment.split()))
             self._first = False
+            self._released += len(out[-1])
 
     # ------------------------------------------------------------------ boundaries
 
@@ -191,6 +212,9 @@ class Segmenter:
             ]
             if cuts:
                 return min(cuts)
+        if cfg.growth and self._released and self._released * cfg.growth < limit:
+            budget = max(cfg.min_chars, int(self._released * cfg.growth))
+            return _budget_cut(buf, budget, final=final)
         sentence = _first_boundary(buf, clauses=False, final=final, limit=limit)
         if sentence is not None:
             return sentence
@@ -206,6 +230,46 @@ class Segmenter:
         if clause is not None and clause >= limit // 4:
             return clause
         return _last_word_break(head) or limit
+
+
+def _budget_cut(buf: str, budget: int, *, final: bool) -> int | None:
+    """The longest segment within about ``budget`` characters, cut where a speaker pauses.
+
+    Punctuation may overshoot the budget by a quarter, since a cut there costs no prosody;
+    a sentence end beats a clause mark.  Without punctuation the cut falls between words,
+    never right after a word that leans on the next one ("your", "the", "to").
+    """
+    soft = budget + budget // 4
+    best: dict[bool, int] = {}
+    for i, ch in enumerate(buf[: soft + 1]):
+        if ch == "\n" and buf[:i].strip():
+            best.setdefault(True, i + 1)
+            break
+        if ch not in _SENTENCE_END + "." + _CLAUSE_MARKS or not buf[:i].strip():
+            continue
+        if ch == "." and _ends_abbreviation(buf, i):
+            continue
+        cut = _is_boundary_at(buf, i, final=final)
+        if cut is not None and cut <= soft + 1:
+            best[ch not in _CLAUSE_MARKS] = cut
+    if best:
+        return best.get(True, best.get(False))
+    if len(buf) <= soft:
+        return None  # wait for more text; flush() takes the rest
+    head = buf[: budget + 1]
+    long_word = _long_word_cut(head, budget)
+    if long_word is not None:
+        return long_word
+    return _word_break_before(head) or _last_word_break(head) or budget
+
+
+def _word_break_before(head: str) -> int | None:
+    """Last space in ``head`` whose preceding word does not lean on the following one."""
+    for m in reversed(list(re.finditer(r" ", head))):
+        prev = head[: m.start()].rsplit(" ", 1)[-1].lower()
+        if m.start() > 0 and prev not in _CLINGERS:
+            return m.start()
+    return None
 
 
 def _is_boundary_at(buf: str, i: int, *, final: bool) -> int | None:

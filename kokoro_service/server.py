@@ -92,6 +92,7 @@ class Call:
     synth_seconds: float = 0.0
     audio_seconds: float = 0.0
     utterance_started: float = field(default_factory=time.monotonic)
+    playback_start: float | None = None
     drained: bool = True
     end_reason: str = ""
 
@@ -473,14 +474,13 @@ class Server:
                 return
             if call.drained and call.segmenter.pending_chars == 0:
                 call.segmenter.start_utterance()
-            segments = call.segmenter.push(text)
-            self._submit(call, segments)
+            first = call.segmenter.at_utterance_start
+            self._submit(call, call.segmenter.push(text), first=first)
 
-    def _submit(self, call: Call, texts: list[str]) -> None:
+    def _submit(self, call: Call, texts: list[str], *, first: bool) -> None:
         if not texts:
             return
         gen = self.scheduler.generation(call.work)
-        first = call.segmenter.at_utterance_start
         segs = [
             Segment(t, call.voice, call.lang, call.speed, gen, first and i == 0)
             for i, t in enumerate(texts)
@@ -488,6 +488,8 @@ class Server:
         if call.drained:
             call.drained = False
             call.utterance_started = time.monotonic()
+            call.playback_start = None
+            self.scheduler.set_deadline(call.work, call.utterance_started)
         self.scheduler.submit(call.work, segs)
 
     def _apply_control(self, call: Call, ctl: Control) -> None:
@@ -537,7 +539,8 @@ class Server:
     def _close_input(self, call: Call, reason: str) -> None:
         with call.lock:
             call.end_reason = reason
-            self._submit(call, call.segmenter.flush())
+            first = call.segmenter.at_utterance_start
+            self._submit(call, call.segmenter.flush(), first=first)
             finished = self.scheduler.close_input(call.work)
         level = logging.INFO if reason == "BYE" else logging.WARNING
         if reason in ("closed without BYE", "daemon shutting down"):
@@ -630,6 +633,11 @@ class Server:
                             call.segments += 1
                             call.synth_seconds += result.seconds
                             call.audio_seconds += result.audio_seconds
+                            if call.playback_start is None:
+                                call.playback_start = time.monotonic()
+                            self.scheduler.set_deadline(
+                                call.work, call.playback_start + call.audio_seconds
+                            )
                             log.debug(
                                 "segment call=%s chunk=%d chars=%d synth_s=%.3f audio_s=%.3f",
                                 call.call_id,
