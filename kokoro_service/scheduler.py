@@ -52,9 +52,9 @@ class Scheduler:
     """Hands segments to workers, one in flight per call.
 
     Responsibilities: keep each call's segments in order; serve first segments first and
-    then the earliest playback deadline (ties: least recently served); skip a call whose destination queue is full, which is
-    how a slow reader throttles only its own call; say when a call has nothing left so
-    the server can send END.
+    then the earliest playback deadline (ties: least recently served); skip a call whose
+    destination queue is full, which is how a slow reader throttles only its own call;
+    say when a call has nothing left so the server can send END.
     """
 
     def __init__(self) -> None:
