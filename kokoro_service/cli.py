@@ -208,6 +208,13 @@ def _opt(*names: str, env: str, **kw: Any) -> Any:
     help="Seconds a peer may accept no audio before it is dropped as not reading.",
 )
 @_opt(
+    "--flush-timeout",
+    env="KOKORO_FLUSH_TIMEOUT",
+    default=0.5,
+    type=click.FloatRange(min=0.05),
+    help="Seconds of silence after which text with no sentence end is spoken anyway.",
+)
+@_opt(
     "--drain-timeout",
     env="KOKORO_DRAIN_TIMEOUT",
     default=20.0,

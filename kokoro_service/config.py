@@ -65,6 +65,8 @@ class Settings:
     idle_timeout: float = 600.0
     frame_timeout: float = 30.0
     write_timeout: float = 30.0
+    flush_timeout: float = 0.5
+    """Text without a closing boundary is spoken after this much silence from the LLM."""
     sink_connect_attempts: int = 4
     sink_connect_backoff: float = 0.1
     drain_timeout: float = 20.0
@@ -97,6 +99,7 @@ class Settings:
             "idle_timeout",
             "frame_timeout",
             "write_timeout",
+            "flush_timeout",
             "drain_timeout",
             "sink_connect_backoff",
         ):

@@ -7,7 +7,6 @@ Everything that touches torch, kokoro or misaki lives here, so the server only e
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import threading
@@ -276,9 +275,10 @@ class Engine:
                 config=str(source.config_path),
                 model=str(source.weights_path),
             )
+            _verify_loaded(model, source.weights_path)
             _fold_weight_norm(model)
             self.model = model.to(device).eval()
-        except (OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        except Exception as exc:  # any failure here (pickle, shapes, config) is fatal
             raise ModelLoadError(f"cannot load the model from {source.description}: {exc}") from exc
         log.info(
             "model loaded source=%s device=%s params=%.1fM seconds=%.2f",
@@ -356,6 +356,36 @@ class Engine:
         self.synthesize(_WARMUP_TEXT, voice=voice, lang=lang)
         self.synthesize("Yes.", voice=voice, lang=lang)
         return time.perf_counter() - t0
+
+
+def _verify_loaded(model: torch.nn.Module, weights: Path) -> None:
+    """Check that every parameter came from the checkpoint, unchanged.
+
+    kokoro's loader retries a failed load non-strictly, which can leave a module with
+    random weights and no error: a daemon that speaks noise.  This refuses that.
+    """
+    state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict) or not state:
+        raise ModelLoadError(f"{weights} holds no component state dicts")
+    for name in ("bert", "bert_encoder", "predictor", "text_encoder", "decoder"):
+        if name not in state:
+            raise ModelLoadError(f"{weights} lacks the {name!r} component")
+        want = {k.removeprefix("module."): v for k, v in state[name].items()}
+        have = getattr(model, name).state_dict()
+        missing = sorted(set(have) - set(want))
+        extra = sorted(set(want) - set(have))
+        if missing or extra:
+            raise ModelLoadError(
+                f"{weights}: component {name!r} does not match the config "
+                f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})"
+            )
+        for key, tensor in want.items():
+            if have[key].shape != tensor.shape or not torch.equal(have[key], tensor):
+                raise ModelLoadError(
+                    f"{weights}: {name}.{key} was not loaded (shape {tuple(tensor.shape)} in the "
+                    f"file, {tuple(have[key].shape)} in the model built from config.json)"
+                )
 
 
 def _fold_weight_norm(model: torch.nn.Module) -> None:

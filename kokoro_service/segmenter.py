@@ -175,13 +175,23 @@ class Segmenter:
             self._emit(cut, out)
         return out
 
-    def flush(self) -> list[str]:
-        """Return every remaining segment (end of the call's text)."""
+    def flush(self, *, keep_partial_word: bool = False) -> list[str]:
+        """Return every remaining segment (end of the call's text, or the LLM went quiet).
+
+        With ``keep_partial_word`` the characters after the last space stay buffered,
+        since a stalled token stream may be in the middle of a word.
+        """
+        kept = ""
+        if keep_partial_word:
+            head, sep, tail = self._buf.rpartition(" ")
+            if not sep:
+                return []
+            self._buf, kept = head, tail
         out: list[str] = []
         while self._buf.strip():
             cut = self._find_cut(final=True)
             self._emit(len(self._buf) if cut is None else cut, out)
-        self._buf = ""
+        self._buf = kept
         return out
 
     def _emit(self, cut: int, out: list[str]) -> None:
@@ -214,7 +224,7 @@ class Segmenter:
                 return min(cuts)
         if cfg.growth and self._released and self._released * cfg.growth < limit:
             budget = max(cfg.min_chars, int(self._released * cfg.growth))
-            return _budget_cut(buf, budget, final=final)
+            return _budget_cut(buf, budget, cfg.max_word_chars, final=final)
         sentence = _first_boundary(buf, clauses=False, final=final, limit=limit)
         if sentence is not None:
             return sentence
@@ -232,7 +242,7 @@ class Segmenter:
         return _last_word_break(head) or limit
 
 
-def _budget_cut(buf: str, budget: int, *, final: bool) -> int | None:
+def _budget_cut(buf: str, budget: int, max_word_chars: int, *, final: bool) -> int | None:
     """The longest segment within about ``budget`` characters, cut where a speaker pauses.
 
     Punctuation may overshoot the budget by a quarter, since a cut there costs no prosody;
@@ -257,7 +267,7 @@ def _budget_cut(buf: str, budget: int, *, final: bool) -> int | None:
     if len(buf) <= soft:
         return None  # wait for more text; flush() takes the rest
     head = buf[: budget + 1]
-    long_word = _long_word_cut(head, budget)
+    long_word = _long_word_cut(head, max_word_chars)
     if long_word is not None:
         return long_word
     return _word_break_before(head) or _last_word_break(head) or budget

@@ -325,6 +325,10 @@ class Server:
                 try:
                     data = conn.recv(65536)
                 except TimeoutError:
+                    if call is not None and call.segmenter.pending_chars:
+                        quiet = time.monotonic() - last_frame
+                        if quiet > s.flush_timeout:
+                            self._flush_quiet(call, whole_words_only=quiet < 2 * s.flush_timeout)
                     continue
                 except OSError as exc:
                     reason = f"read failed: {exc.strerror or exc}"
@@ -476,6 +480,15 @@ class Server:
                 call.segmenter.start_utterance()
             first = call.segmenter.at_utterance_start
             self._submit(call, call.segmenter.push(text), first=first)
+
+    def _flush_quiet(self, call: Call, *, whole_words_only: bool) -> None:
+        """The LLM went quiet mid-sentence: speak what it sent rather than wait for more."""
+        with call.lock:
+            first = call.segmenter.at_utterance_start
+            segments = call.segmenter.flush(keep_partial_word=whole_words_only)
+            if segments:
+                log.debug("quiet flush call=%s segments=%d", call.call_id, len(segments))
+            self._submit(call, segments, first=first)
 
     def _submit(self, call: Call, texts: list[str], *, first: bool) -> None:
         if not texts:

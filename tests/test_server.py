@@ -488,3 +488,17 @@ def test_stop_sends_end_to_open_calls(daemon: DaemonFactory) -> None:
     assert_clean_reply(reply)
     with pytest.raises(OSError):
         socket.create_connection(server.tcp_address, timeout=1).close()
+
+
+def test_turn_without_punctuation_is_spoken_when_the_llm_goes_quiet(
+    daemon: DaemonFactory, logs: LogCapture
+) -> None:
+    server = daemon(flush_timeout=0.3)
+    with Connection(*server.tcp_address, timeout=TEST_TIMEOUT) as conn:
+        conn.hello("709")
+        conn.text("let me know if that works for you")  # no BYE: the call goes on
+        assert wait_for(lambda: conn.read_some(0.05) and bool(conn.reply.chunks))
+        assert not conn.reply.ended
+        conn.bye()
+        reply = conn.read_until_end(TEST_TIMEOUT)
+    assert_clean_reply(reply)

@@ -1,0 +1,136 @@
+"""Text segmentation: where segments are cut, and that nothing is lost."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kokoro_service.segmenter import Segmenter, SegmenterConfig
+
+
+def segments(text: str, config: SegmenterConfig | None = None) -> list[str]:
+    seg = Segmenter(config)
+    return seg.push(text) + seg.flush()
+
+
+def test_first_segment_is_first_clause() -> None:
+    out = segments("Sure, I can help you with that. Anything else?")
+    assert out[0] == "Sure,"
+    assert out[-1] == "Anything else?"
+
+
+def test_sentence_mode_without_growth() -> None:
+    cfg = SegmenterConfig(growth=0)
+    text = "Hi there, Sam. Your appointment is on Tuesday. Bye!"
+    assert segments(text, cfg) == ["Hi there,", "Sam.", "Your appointment is on Tuesday.", "Bye!"]
+
+
+def test_growth_caps_early_segments() -> None:
+    text = (
+        "Thanks for calling Acme Dental, this is Sarah. I can see your appointment on Tuesday "
+        "at 3:30 PM with Doctor Patel. Would you like to keep that time, or should I find you "
+        "a new slot?"
+    )
+    out = segments(text)
+    released = len(out[0])
+    for seg in out[1:]:
+        budget = max(20, 2 * released)
+        if released * 2 < 200:
+            assert len(seg) <= budget + budget // 4, (seg, budget)
+        released += len(seg)
+    assert out[0] == "Thanks for calling Acme Dental,"
+
+
+def test_no_segment_ends_on_a_clinging_word() -> None:
+    out = segments("Okay, I will reschedule your appointment for the next available day please")
+    for seg in out[:-1]:
+        assert seg.split()[-1].lower() not in {"your", "the", "for", "will"}, out
+
+
+def test_abbreviations_and_decimals_do_not_split() -> None:
+    text = "Okay. Dr. Smith will see you at 3.30 p.m. today. Thanks!"
+    out = segments(text, SegmenterConfig(growth=0))
+    assert out == ["Okay.", "Dr. Smith will see you at 3.30 p.m. today.", "Thanks!"]
+
+
+def test_streamed_tokens_are_cut_only_where_a_speaker_pauses() -> None:
+    text = "Hello there! How are you doing today? I hope, truly, that all is well."
+    seg = Segmenter()
+    streamed: list[str] = []
+    for i in range(0, len(text), 3):
+        streamed += seg.push(text[i : i + 3])
+    streamed += seg.flush()
+    assert " ".join(streamed) == text
+    assert all(s[-1] in "!?,." for s in streamed), streamed
+    assert streamed[0] == "Hello there!"
+
+
+def test_turn_ending_in_punctuation_is_released_without_more_text() -> None:
+    # Between turns the LLM sends nothing (BYE comes only at hang-up), so a TEXT frame
+    # that ends a sentence must be spoken at once.
+    seg = Segmenter()
+    assert seg.push("Sure, see you then.") == ["Sure,", "see you then."]
+    assert seg.pending_chars == 0
+
+
+def test_decimal_point_waits_for_next_token() -> None:
+    seg = Segmenter(SegmenterConfig(growth=0))
+    assert seg.push("It costs 3") == []
+    assert seg.push(".") == []  # could be 3.50
+    assert seg.push("50 dollars. ") == ["It costs 3.50 dollars."]
+
+
+def test_long_unpunctuated_text_is_bounded() -> None:
+    out = segments("word " * 20_000)
+    assert all(len(s) <= 200 for s in out)
+    assert sum(len(s.split()) for s in out) == 20_000
+
+
+def test_giant_word_is_cut_hard() -> None:
+    out = segments("x" * 1000)
+    assert "".join(out) == "x" * 1000
+    assert max(len(s) for s in out) <= 80
+
+
+def test_newline_is_a_boundary() -> None:
+    assert segments("first line\nsecond line", SegmenterConfig(growth=0)) == [
+        "first line",
+        "second line",
+    ]
+
+
+def test_reset_drops_text_and_restarts_utterance() -> None:
+    seg = Segmenter()
+    seg.push("Sure, this will be dropped")
+    seg.reset()
+    assert seg.pending_chars == 0
+    assert seg.at_utterance_start
+    assert seg.push("Okay, new reply.") == ["Okay,", "new reply."]
+
+
+@pytest.mark.parametrize("kw", [{"max_chars": 4}, {"growth": 0.5}, {"max_word_chars": 500}])
+def test_bad_config(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SegmenterConfig(**kw)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=600), st.integers(1, 40))
+def test_nothing_is_lost(text: str, step: int) -> None:
+    seg = Segmenter()
+    out: list[str] = []
+    for i in range(0, len(text), step):
+        out += seg.push(text[i : i + step])
+    out += seg.flush()
+    assert "".join("".join(out).split()) == "".join(text.split())
+    assert all(s.strip() for s in out)
+    assert all(len(s) <= 200 for s in out)
+
+
+def test_quiet_flush_keeps_a_partial_word() -> None:
+    seg = Segmenter()
+    assert seg.push("Let me check the appoint") == []
+    assert seg.flush(keep_partial_word=True) == ["Let me check the"]
+    assert seg.pending_chars == len("appoint")
+    assert seg.flush() == ["appoint"]
