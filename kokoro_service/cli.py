@@ -18,7 +18,7 @@ import click
 from .config import LOG_LEVELS, LOOPBACK_ONLY, Settings, default_cache_dir, parse_networks
 from .errors import ConfigError, KokoroServiceError
 from .segmenter import SegmenterConfig
-from .server import EXIT_STARTUP
+from .server import EXIT_FORCED, EXIT_STARTUP
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -252,7 +252,13 @@ def serve(**kw: Any) -> None:
     except ConfigError as exc:
         logging.getLogger("kokoro_service").error("start-up failed: %s", exc)
         sys.exit(EXIT_STARTUP)
-    sys.exit(run(settings))
+    code = run(settings)
+    if code == EXIT_FORCED:
+        # Threads may be inside torch; interpreter teardown under them can abort, and a
+        # forced stop is meant to be immediate anyway.
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 def settings_from_options(**kw: Any) -> Settings:

@@ -112,7 +112,7 @@ class SegmenterConfig:
     already released in the utterance (until that exceeds ``max_chars``).  Synthesis of
     the next segment then finishes before the audio already sent has played out, so the
     short first segment does not cost a stall.  0 releases whole sentences instead."""
-    min_chars: int = 20
+    min_chars: int = 32
     """Smallest budget for a segment released under ``growth``."""
 
     def __post_init__(self) -> None:
@@ -273,11 +273,16 @@ def _budget_cut(buf: str, budget: int, max_word_chars: int, *, final: bool) -> i
     return _word_break_before(head) or _last_word_break(head) or budget
 
 
+def _clings(word: str) -> bool:
+    """Whether a segment may not end on ``word``: a function word, or a number (its unit,
+    or the next digit of a spelled-out sequence, follows)."""
+    return word.lower() in _CLINGERS or any(c.isdigit() for c in word)
+
+
 def _word_break_before(head: str) -> int | None:
     """Last space in ``head`` whose preceding word does not lean on the following one."""
     for m in reversed(list(re.finditer(r" ", head))):
-        prev = head[: m.start()].rsplit(" ", 1)[-1].lower()
-        if m.start() > 0 and prev not in _CLINGERS:
+        if m.start() > 0 and not _clings(head[: m.start()].rsplit(" ", 1)[-1]):
             return m.start()
     return None
 
@@ -344,10 +349,15 @@ def _word_cut(buf: str, max_words: int, *, final: bool) -> int | None:
     complete = spans if final else [s for s in spans if s[1] < len(buf)]
     if len(complete) <= max_words:
         return None
-    # Prefer a pause before a conjunction in the second half of the window.
-    for k in range(max_words, max(1, max_words // 2), -1):
+    # Prefer a pause before a conjunction in the second half of the window, else any
+    # break whose preceding word does not lean on the next one.
+    floor = max(1, max_words // 2)
+    for k in range(max_words, floor, -1):
         word = buf[complete[k][0] : complete[k][1]].lower().strip(",.;:")
         if word in _BREATH_WORDS:
+            return complete[k][0]
+    for k in range(max_words, floor - 1, -1):
+        if not _clings(buf[complete[k - 1][0] : complete[k - 1][1]]):
             return complete[k][0]
     return complete[max_words][0]
 

@@ -16,8 +16,7 @@ def segments(text: str, config: SegmenterConfig | None = None) -> list[str]:
 
 def test_first_segment_is_first_clause() -> None:
     out = segments("Sure, I can help you with that. Anything else?")
-    assert out[0] == "Sure,"
-    assert out[-1] == "Anything else?"
+    assert out == ["Sure,", "I can help you with that. Anything else?"]
 
 
 def test_sentence_mode_without_growth() -> None:
@@ -35,7 +34,7 @@ def test_growth_caps_early_segments() -> None:
     out = segments(text)
     released = len(out[0])
     for seg in out[1:]:
-        budget = max(20, 2 * released)
+        budget = max(32, 2 * released)
         if released * 2 < 200:
             assert len(seg) <= budget + budget // 4, (seg, budget)
         released += len(seg)

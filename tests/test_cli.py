@@ -1,0 +1,268 @@
+"""CLI, launcher and the daemon as a real process: options, env vars, signals, exit codes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from kokoro_service.cli import main
+from kokoro_service.client import Connection
+
+from .conftest import TEST_TIMEOUT, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent / "kokoro-service"
+
+
+def test_serve_help_documents_every_option_with_its_env_var() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    options = re.findall(r"^\s+(--[a-z-]+)", result.output, flags=re.M)
+    assert len(options) >= 25
+    for opt in options:
+        if opt == "--help":
+            continue
+        block = result.output.split(opt, 1)[1].split("\n  --", 1)[0]
+        assert "env var: KOKORO_" in block, opt
+    for seed in ("KOKORO_VOICE", "KOKORO_TCP_PORT", "KOKORO_UDP_PORT", "KOKORO_DEVICE"):
+        assert seed in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KOKORO_TCP_PORT": "abc"}, "'abc' is not a valid integer"),
+        ({"KOKORO_UDP_PORT": "70000"}, "70000 is not a port"),
+        ({"KOKORO_SPEED": "9"}, "9.0 is not in the range 0.5<=x<=2.0"),
+        ({"KOKORO_ALLOW": "10.0.0.0/33"}, "not an address or CIDR"),
+    ],
+)
+def test_bad_environment_values_fail_clearly(env: dict[str, str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve"], env=env)
+    assert result.exit_code in (2, 3)
+    assert message in (result.output + str(result.exception or "")), result.output
+
+
+def _run(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, env=full_env, check=False
+    )
+
+
+def test_missing_device_fails_startup_with_its_own_code(tiny_dir: Path) -> None:
+    proc = _run(
+        [str(BIN), "serve", "--model-dir", str(tiny_dir), "--tcp-port", "0", "--udp-port", "0"],
+        env={"KOKORO_DEVICE": "cuda"},
+    )
+    assert proc.returncode == 3
+    assert "CUDA is not available" in proc.stderr
+
+
+def test_unknown_default_voice_fails_startup(tiny_dir: Path) -> None:
+    proc = _run(
+        [str(BIN), "serve", "--model-dir", str(tiny_dir), "--tcp-port", "0", "--udp-port", "0"],
+        env={"KOKORO_VOICE": "nobody"},
+    )
+    assert proc.returncode == 3
+    assert "voice 'nobody' cannot be used" in proc.stderr
+
+
+def test_missing_model_dir_fails_startup(tmp_path: Path) -> None:
+    proc = _run([str(BIN), "serve", "--model-dir", str(tmp_path / "nope")])
+    assert proc.returncode == 3
+    assert "does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KOKORO_TCP_PORT": "99999"}, "KOKORO_TCP_PORT='99999' is not a port"),
+        ({"KOKORO_UDP_PORT": "x1"}, "KOKORO_UDP_PORT='x1' is not a port"),
+        ({"KOKORO_DEVICE": "gpu"}, "KOKORO_DEVICE='gpu' is not one of"),
+        ({"KOKORO_MODEL_DIR": "/nonexistent/dir"}, "is not a directory"),
+    ],
+)
+def test_launcher_rejects_bad_values(env: dict[str, str], message: str) -> None:
+    proc = _run([str(ROOT / "start-kokoro.sh")], env=env, timeout=30)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_launcher_execs_the_daemon() -> None:
+    text = (ROOT / "start-kokoro.sh").read_text()
+    assert re.search(r'^exec "\$root/\.venv/bin/kokoro-service" serve "\$@"$', text, re.M)
+
+
+# --------------------------------------------------------------------------- real process
+
+
+class Daemon:
+    """``kokoro-service serve`` as a child process on ephemeral ports."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--tcp-port", "0", "--udp-port", "0", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self.port = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not wait_for(lambda: self.port != 0 or self.proc.poll() is not None, 180):
+            raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
+        if self.port == 0:
+            raise RuntimeError("daemon exited:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        if self.proc.stderr is None:
+            return
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            m = re.search(r"listening tcp=127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+
+@pytest.fixture
+def process(tiny_dir: Path) -> Iterator[Daemon]:
+    d = Daemon(["--model-dir", str(tiny_dir)])
+    yield d
+    if d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) -> None:
+    out = tmp_path / "out.wav"
+    proc = _run(
+        [
+            str(BIN),
+            "send",
+            "--tcp-port",
+            str(process.port),
+            "--call-id",
+            "42",
+            "Hello there.",
+            "How are you today?",
+            "-o",
+            str(out),
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "END received" in proc.stdout
+    audio, rate = sf.read(out, dtype="float32")
+    assert rate == 24000 and len(audio) > 0
+    assert "warm-up took" in process.log()
+    assert "device cpu (requested auto" in process.log()
+    assert re.search(r"utterance call=42 segments=\d+ synth_s=\S+ audio_s=\S+ rtf=", process.log())
+    assert process.stop() == 0
+    assert "stopped drained=True" in process.log()
+
+
+def test_sigterm_under_load_drains_and_sends_end(process: Daemon) -> None:
+    conns = []
+    for i in range(3):
+        c = Connection("127.0.0.1", process.port, timeout=TEST_TIMEOUT)
+        c.hello(f"90{i}")
+        c.text("A reply that is still being spoken while the daemon is asked to stop. " * 2)
+        conns.append(c)
+    assert wait_for(lambda: conns[0].read_some(0.05) and bool(conns[0].reply.chunks))
+    process.proc.send_signal(signal.SIGTERM)
+    for c in conns:
+        reply = c.read_until_end(TEST_TIMEOUT)
+        assert reply.ended, "every open call gets END"
+        assert reply.chunk_ids == list(range(1, len(reply.chunks) + 1))
+        c.close()
+    assert process.wait() == 0
+    assert "stopped drained=True" in process.log()
+
+
+def test_second_signal_forces_exit(tiny_dir: Path) -> None:
+    d = Daemon(["--model-dir", str(tiny_dir), "--drain-timeout", "60"])
+    try:
+        c = Connection("127.0.0.1", d.port, timeout=TEST_TIMEOUT)
+        c.hello("950")
+        c.text("Keep talking for a long while so the drain has work to do. " * 20)
+        assert wait_for(lambda: c.read_some(0.05) and bool(c.reply.chunks))
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert d.stop(signal.SIGTERM, timeout=20) == 4
+        assert "second signal" in d.log()
+        c.close()
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+
+
+def test_restart_after_sigkill_binds_the_same_port(tiny_dir: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    first = Daemon(["--model-dir", str(tiny_dir), "--tcp-port", str(port), "--no-warmup"])
+    c = Connection("127.0.0.1", first.port, timeout=TEST_TIMEOUT)
+    c.hello("960")
+    first.proc.kill()
+    first.proc.wait()
+    c.close()
+    second = Daemon(["--model-dir", str(tiny_dir), "--tcp-port", str(port), "--no-warmup"])
+    try:
+        assert second.port == port
+    finally:
+        assert second.stop() == 0
+
+
+def test_say_and_voices_commands(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "say.wav"
+    proc = _run(
+        [
+            str(BIN),
+            "say",
+            "Hello there.",
+            "--model-dir",
+            str(tiny_dir),
+            "-o",
+            str(out),
+            "--voice",
+            "af_sky:0.5,af_bella:0.5",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    audio, rate = sf.read(out, dtype="float32")
+    assert rate == 24000 and len(audio) > 0
+    proc = _run([str(BIN), "voices", "--model-dir", str(tiny_dir)])
+    assert proc.returncode == 0, proc.stderr
+    assert "source: model-dir" in proc.stdout
+    assert "af_sky\t" in proc.stdout and "bf_emma\t" in proc.stdout

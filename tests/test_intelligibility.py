@@ -1,0 +1,74 @@
+"""Real Kokoro-82M (the embedded default) through the daemon, heard by an independent ASR."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from kokoro_service import embedded
+from kokoro_service.client import Reply, speak
+from kokoro_service.config import Settings
+from kokoro_service.engine import Engine, resolve_source
+from kokoro_service.server import Server, choose_voice
+
+from .asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
+from .conftest import TEST_TIMEOUT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    cache = tmp_path_factory.getbasetemp() / "embedded-model-cache"
+    embedded.ensure_embedded_model(cache)
+    source = resolve_source(None, cache)  # no model dir, no hub cache: the embedded import
+    assert source.kind == "embedded"
+    engine = Engine(source, device="cpu")
+    voice = choose_voice(engine, None)  # af_sky is not embedded: the logged substitute
+    assert voice == "jm_kumo"
+    engine.warm_up(voice, "a")
+    settings = Settings(tcp_port=0, udp_port=0, cache_dir=cache, warmup=False, workers=2)
+    server = Server(settings, engine, voice=voice)
+    server.start()
+    return server
+
+
+def test_daemon_speech_is_intelligible(real_server: Server) -> None:
+    replies: dict[int, Reply] = {}
+
+    def call(i: int) -> None:
+        replies[i] = speak(
+            *real_server.tcp_address,
+            str(100 + i),
+            [TELEPHONY_SENTENCES[i]],
+            timeout=TEST_TIMEOUT * 3,
+        )
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(TELEPHONY_SENTENCES))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TEST_TIMEOUT * 5)
+    pairs = []
+    for i, sentence in enumerate(TELEPHONY_SENTENCES):
+        reply = replies[i]
+        assert reply.ended
+        assert reply.chunk_ids == list(range(1, len(reply.chunks) + 1))
+        heard = transcribe(reply.audio(), 24_000)
+        print(f"[{i:2d}] said : {sentence}\n     heard: {heard}")
+        pairs.append((sentence, heard))
+    wer = corpus_word_error_rate(pairs)
+    print(f"daemon corpus WER over {len(pairs)} sentences: {wer:.1%}")
+    assert wer <= 0.05
+    real_server.stop(drain_timeout=5)
+
+
+def test_cache_dir_layout(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache = tmp_path_factory.getbasetemp() / "embedded-model-cache"
+    dirs = [p for p in Path(cache).iterdir() if p.is_dir() and p.name.startswith("kokoro-82m")]
+    assert len(dirs) == 1
+    assert {p.name for p in (dirs[0] / "voices").iterdir()} == {
+        f"{v}.pt" for v in embedded.EMBEDDED_VOICES
+    }
