@@ -80,6 +80,8 @@ class FakeSink:
     def __init__(self, port: int, *, read: bool = True) -> None:
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not read:  # a small window, so a processor that never reads stalls quickly
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.listener.bind(("127.0.0.1", port))
         self.listener.listen(8)
         self.listener.settimeout(0.2)
