@@ -208,6 +208,27 @@ def _opt(*names: str, env: str, **kw: Any) -> Any:
     help="Seconds a peer may accept no audio before it is dropped as not reading.",
 )
 @_opt(
+    "--max-registrations",
+    env="KOKORO_MAX_REGISTRATIONS",
+    default=10_000,
+    type=click.IntRange(1),
+    help="UDP registrations remembered; beyond it the oldest is forgotten.",
+)
+@_opt(
+    "--sink-connect-attempts",
+    env="KOKORO_SINK_CONNECT_ATTEMPTS",
+    default=4,
+    type=click.IntRange(1, 100),
+    help="Tries to reach an audio processor before its audio goes back on the text connection.",
+)
+@_opt(
+    "--sink-connect-backoff",
+    env="KOKORO_SINK_CONNECT_BACKOFF",
+    default=0.1,
+    type=click.FloatRange(min=0.001),
+    help="Seconds before the second try; doubled for each further try.",
+)
+@_opt(
     "--flush-timeout",
     env="KOKORO_FLUSH_TIMEOUT",
     default=0.5,

@@ -188,7 +188,7 @@ def test_control_length_bound() -> None:
         dec.feed(struct.pack(">I", 0x8000_0000 | 65536))
 
 
-def test_second_hello_is_rejected() -> None:
+def test_second_hello_reads_as_text() -> None:
     dec = TextStreamDecoder(max_text_bytes=10)
     frames = dec.feed(encode_hello("1") + encode_text("ok"))
     assert frames == [Hello("1"), Text("ok")]
