@@ -474,7 +474,7 @@ def voices(model_dir: Path | None, cache_dir: Path | None) -> None:
 )
 def download(model_dir: Path | None) -> None:
     """Fetch the fp32 Kokoro-82M weights and all voices from the hub (needs network)."""
-    os.environ["HF_HUB_OFFLINE"] = "0"
+    # The one command allowed to reach the hub; huggingface_hub reads this at import.
     os.environ.pop("HF_HUB_OFFLINE", None)
     from huggingface_hub import snapshot_download
 

@@ -18,7 +18,6 @@ from types import FrameType
 from .config import Settings
 from .engine import DEFAULT_VOICE, Engine, load_engine, probe_devices, select_device
 from .errors import (
-    ConfigError,
     KokoroServiceError,
     ProtocolError,
     StartupError,
@@ -797,10 +796,7 @@ def run(settings: Settings) -> int:
             log.info("warm-up took %.2fs", engine.warm_up(voice, settings.lang))
         server = Server(settings, engine, voice=voice)
         server.start()
-    except (StartupError, ConfigError) as exc:
-        log.error("start-up failed: %s", exc)
-        return EXIT_STARTUP
-    except KokoroServiceError as exc:
+    except KokoroServiceError as exc:  # StartupError, ConfigError, VoiceError ...
         log.error("start-up failed: %s", exc)
         return EXIT_STARTUP
 
