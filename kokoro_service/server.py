@@ -368,7 +368,8 @@ class Server:
             reason = reason or "internal error"
         finally:
             if call is None:
-                if reason and reason != "call refused":
+                # A protocol error was logged where it happened; a refusal too.
+                if reason and reason != "call refused" and not reason.startswith("protocol"):
                     level = logging.INFO if reason.startswith("closed") else logging.WARNING
                     log.log(level, "connection closed peer=%s before a call: %s", peer, reason)
                 _close(conn)
