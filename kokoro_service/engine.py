@@ -40,7 +40,12 @@ DEFAULT_VOICE = "af_sky"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # kokoro's own language codes; j and z need misaki extras that are not installed by default.
 LANG_CODES = ("a", "b", "e", "f", "h", "i", "p", "j", "z")
-_WARMUP_TEXT = "Hello, thanks for calling. How can I help you today?"
+_WARMUP_TEXTS = (
+    "Yes.",
+    "Hello, thanks for calling. How can I help you today?",
+    "I can see your appointment on Tuesday at three thirty with Doctor Patel, and I can also "
+    "move it to Wednesday morning or Thursday afternoon if either of those works better for you.",
+)
 
 
 # ------------------------------------------------------------------------------ devices
@@ -259,8 +264,8 @@ class Engine:
     ) -> None:
         from kokoro import KModel
 
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
+        self.torch_threads = torch_threads
+        self.bind_thread()
         # Subnormal floats make CPU kernels crawl (measured 6x slower on random weights).
         torch.set_flush_denormal(True)
         self.source = source
@@ -350,11 +355,21 @@ class Engine:
                 audio = None
         return Synthesis(audio, time.perf_counter() - t0, " / ".join(chunks))
 
+    def bind_thread(self) -> None:
+        """Apply the intra-op thread count to the calling thread.
+
+        OpenMP keeps the thread count per calling thread, so every synthesis worker calls
+        this once before its first forward pass.
+        """
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
+
     def warm_up(self, voice: str, lang: str) -> float:
-        """Run one synthesis so the first caller pays no lazy-initialisation cost."""
+        """Synthesize short, medium and long text so the first caller pays no
+        lazy-initialisation cost (G2P caches, kernel selection, allocator pools)."""
         t0 = time.perf_counter()
-        self.synthesize(_WARMUP_TEXT, voice=voice, lang=lang)
-        self.synthesize("Yes.", voice=voice, lang=lang)
+        for text in _WARMUP_TEXTS:
+            self.synthesize(text, voice=voice, lang=lang)
         return time.perf_counter() - t0
 
 
