@@ -82,6 +82,16 @@ class Scheduler:
             work.pending_chars += sum(len(s.text) for s in segments)
             self._cond.notify_all()
 
+    def queued(self, work: CallWork) -> int:
+        """Segments of ``work`` waiting for a worker (not counting the one in flight)."""
+        with self._cond:
+            return len(work.pending)
+
+    def load(self, work: CallWork) -> int:
+        """``work`` plus every other call with synthesis queued or in flight."""
+        with self._cond:
+            return 1 + sum(1 for w in self._calls if w is not work and not w.idle)
+
     def pending_chars(self, work: CallWork) -> int:
         with self._cond:
             return work.pending_chars
@@ -134,6 +144,10 @@ class Scheduler:
                 if not self._cond.wait(timeout):
                     return None
             return None
+
+    def deadline(self, work: CallWork) -> float:
+        with self._cond:
+            return work.deadline
 
     def set_deadline(self, work: CallWork, deadline: float) -> None:
         with self._cond:

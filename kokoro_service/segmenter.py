@@ -167,13 +167,54 @@ class Segmenter:
         self._first = True
         self._released = 0
 
-    def push(self, text: str) -> list[str]:
-        """Add ``text``; return the segments it completes."""
-        self._buf += _WS.sub(" ", text)
-        out: list[str] = []
-        while (cut := self._find_cut(final=False)) is not None:
+    def append(self, text: str) -> None:
+        """Buffer ``text`` without cutting; :meth:`take` cuts when a segment is wanted.
+
+        Text frames are joined as sent, but a frame that ends a sentence or clause keeps
+        that boundary even when the next frame starts without a space ("...calling." +
+        "Your ..."), as it would have had the segment been cut on arrival.
+        """
+        text = _WS.sub(" ", text)
+        if text and not text[0].isspace() and self._ends_at_boundary():
+            self._buf += " "
+        self._buf += text
+
+    def _ends_at_boundary(self) -> bool:
+        i = len(self._buf.rstrip(_CLOSERS)) - 1
+        if i < 0 or self._buf[i] not in _SENTENCE_END + "." + _CLAUSE_MARKS:
+            return False
+        if self._buf[i] == "." and _ends_abbreviation(self._buf, i):
+            return False
+        return _is_boundary_at(self._buf, i, final=False) is not None
+
+    def take(
+        self, *, final: bool = False, load: float = 1.0, budget: int | None = None
+    ) -> str | None:
+        """Cut and return the next segment, or None while more text is needed.
+
+        ``load`` is how many calls share the synthesis workers right now: the growth of
+        segment sizes is divided by it, because each call then gets that much less of
+        the compute while its listener plays.  ``budget``, when the caller knows how much
+        audio the listener still has queued, caps the segment in characters directly.
+        With ``final`` the rest is released.
+        """
+        while self._buf.strip():
+            cut = self._find_cut(final=final, load=load, budget=budget)
+            if cut is None:
+                if not final:
+                    return None
+                cut = len(self._buf)
+            out: list[str] = []
             self._emit(cut, out)
-        return out
+            if out:
+                return out[0]
+        self._buf = ""
+        return None
+
+    def push(self, text: str) -> list[str]:
+        """Add ``text``; return every segment it completes."""
+        self.append(text)
+        return list(iter(self.take, None))
 
     def flush(self, *, keep_partial_word: bool = False) -> list[str]:
         """Return every remaining segment (end of the call's text, or the LLM went quiet).
@@ -187,10 +228,7 @@ class Segmenter:
             if not sep:
                 return []
             self._buf, kept = head, tail
-        out: list[str] = []
-        while self._buf.strip():
-            cut = self._find_cut(final=True)
-            self._emit(len(self._buf) if cut is None else cut, out)
+        out = list(iter(lambda: self.take(final=True), None))
         self._buf = kept
         return out
 
@@ -203,7 +241,7 @@ class Segmenter:
 
     # ------------------------------------------------------------------ boundaries
 
-    def _find_cut(self, *, final: bool) -> int | None:
+    def _find_cut(self, *, final: bool, load: float = 1.0, budget: int | None = None) -> int | None:
         """Index just past where the next segment ends, or None to wait for more text."""
         buf = self._buf
         if not buf.strip():
@@ -211,19 +249,27 @@ class Segmenter:
         cfg = self.config
         limit = cfg.max_chars
         if self._first:
-            # The earlier of the first clause and a few words, so first audio comes fast.
+            # The earlier of the first clause and a few words, so first audio comes fast;
+            # fewer words when other calls are waiting for the same workers.
+            first_words = max(2, int(cfg.first_max_words / max(1.0, load)))
             cuts = [
                 c
                 for c in (
                     _first_boundary(buf, clauses=True, final=final, limit=limit),
-                    _word_cut(buf[: limit + 1], cfg.first_max_words, final=final),
+                    _word_cut(buf[: limit + 1], first_words, final=final),
                 )
                 if c is not None
             ]
             if cuts:
                 return min(cuts)
-        if cfg.growth and self._released and self._released * cfg.growth < limit:
-            budget = max(cfg.min_chars, int(self._released * cfg.growth))
+        if budget is not None and cfg.growth and self._released:
+            if budget < limit:
+                return _budget_cut(buf, max(16, budget), cfg.max_word_chars, final=final)
+            growth = 0.0  # plenty of audio queued: whole sentences
+        else:
+            growth = max(1.0, cfg.growth / max(1.0, load)) if cfg.growth else 0.0
+        if growth and self._released and self._released * growth < limit:
+            budget = max(cfg.min_chars, int(self._released * growth))
             return _budget_cut(buf, budget, cfg.max_word_chars, final=final)
         sentence = _first_boundary(buf, clauses=False, final=final, limit=limit)
         if sentence is not None:
@@ -294,9 +340,9 @@ def _is_boundary_at(buf: str, i: int, *, final: bool) -> int | None:
         j += 1
     if j < len(buf):
         return j if buf[j] in " \n" else None
-    # The buffer ends right here: more text may follow.  Terminal marks other than '.'
-    # are taken at once; '.' after a digit may be a decimal point, so it waits.
-    if final or buf[i] in _SENTENCE_END or buf[i] in _CLAUSE_MARKS:
+    # The buffer ends right here: more text may follow.  A mark after a digit may be
+    # inside a number ("3.50", "1,000", "3:30"), so it waits; any other is taken at once.
+    if final or buf[i] in _SENTENCE_END:
         return j
     return None if i > 0 and buf[i - 1].isdigit() else j
 

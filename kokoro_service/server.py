@@ -47,6 +47,7 @@ EXIT_ERROR = 1
 EXIT_STARTUP = 3
 EXIT_FORCED = 4
 _TICK = 0.25  # how often blocked loops look at the stop flag and their deadlines
+_BUDGET_SAFETY = 0.7  # headroom for estimation error and scheduling jitter
 _LINGER = 2.0  # after END, how long to wait for the peer's close before closing ourselves
 
 
@@ -94,6 +95,7 @@ class Call:
     utterance_started: float = field(default_factory=time.monotonic)
     playback_start: float | None = None
     drained: bool = True
+    input_closed: bool = False
     end_reason: str = ""
 
 
@@ -125,6 +127,7 @@ class Server:
         self._udp: socket.socket | None = None
         self._thread_error: BaseException | None = None
         self._ratelimit = RateLimitedLog(log)
+        self._chars_per_second: float | None = None  # one worker's synthesis speed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -479,17 +482,48 @@ class Server:
                 return
             if call.drained and call.segmenter.pending_chars == 0:
                 call.segmenter.start_utterance()
-            first = call.segmenter.at_utterance_start
-            self._submit(call, call.segmenter.push(text), first=first)
+            call.segmenter.append(text)
+            self._refill(call)
+
+    def _refill(self, call: Call) -> None:
+        """Keep one segment queued for ``call``, cut only now that it is needed.
+
+        Cutting late lets the segment size follow the load at this moment: when several
+        calls share the workers, each gets a smaller share of the compute while its
+        listener plays, so its segments must grow more slowly to avoid a stall.
+        Caller holds ``call.lock``.
+        """
+        if self.scheduler.queued(call.work):
+            return
+        first = call.segmenter.at_utterance_start
+        load = self.scheduler.load(call.work)
+        segment = call.segmenter.take(
+            final=call.input_closed, load=load, budget=self._budget(call, load)
+        )
+        if segment is not None:
+            self._submit(call, [segment], first=first)
 
     def _flush_quiet(self, call: Call, *, whole_words_only: bool) -> None:
         """The LLM went quiet mid-sentence: speak what it sent rather than wait for more."""
         with call.lock:
+            if not call.work.idle:
+                return  # text is still being taken segment by segment; nothing is stuck
             first = call.segmenter.at_utterance_start
             segments = call.segmenter.flush(keep_partial_word=whole_words_only)
             if segments:
                 log.debug("quiet flush call=%s segments=%d", call.call_id, len(segments))
             self._submit(call, segments, first=first)
+
+    def _budget(self, call: Call, load: int) -> int | None:
+        """Characters the call's next segment may have so it is ready before the audio
+        already sent has played out, given this call's share of the workers; None while
+        nothing is playing yet or no synthesis speed has been measured."""
+        rate = self._chars_per_second
+        if call.playback_start is None or rate is None:
+            return None
+        queued_audio = self.scheduler.deadline(call.work) - time.monotonic()
+        share = min(1.0, self.settings.workers / load)
+        return max(0, int(queued_audio * rate * share * _BUDGET_SAFETY))
 
     def _submit(self, call: Call, texts: list[str], *, first: bool) -> None:
         if not texts:
@@ -553,8 +587,8 @@ class Server:
     def _close_input(self, call: Call, reason: str) -> None:
         with call.lock:
             call.end_reason = reason
-            first = call.segmenter.at_utterance_start
-            self._submit(call, call.segmenter.flush(), first=first)
+            call.input_closed = True
+            self._refill(call)
             finished = self.scheduler.close_input(call.work)
         level = logging.INFO if reason == "BYE" else logging.WARNING
         if reason in ("closed without BYE", "daemon shutting down"):
@@ -645,6 +679,7 @@ class Server:
                     if seg.generation == self.scheduler.generation(call.work) and audio is not None:
                         chunk = call.route.send_audio(audio)
                         if chunk is not None:
+                            self._measure_speed(len(seg.text), result.seconds)
                             call.segments += 1
                             call.synth_seconds += result.seconds
                             call.audio_seconds += result.audio_seconds
@@ -661,6 +696,8 @@ class Server:
                                 result.seconds,
                                 result.audio_seconds,
                             )
+        with call.lock:
+            self._refill(call)  # before done(), so a call with text left is not finished
         drained, finished = self.scheduler.done(call.work, seg)
         if drained:
             with call.lock:
@@ -681,6 +718,14 @@ class Server:
                 call.drained = True
         if finished:
             self._end_call(call, call.end_reason)
+
+    def _measure_speed(self, chars: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        sample = chars / seconds
+        old = self._chars_per_second
+        # A moving average: one slow segment (a cold cache, a busy core) must not swing it.
+        self._chars_per_second = sample if old is None else 0.8 * old + 0.2 * sample
 
     # ------------------------------------------------------------------ UDP
 

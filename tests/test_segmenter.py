@@ -133,3 +133,35 @@ def test_quiet_flush_keeps_a_partial_word() -> None:
     assert seg.flush(keep_partial_word=True) == ["Let me check the"]
     assert seg.pending_chars == len("appoint")
     assert seg.flush() == ["appoint"]
+
+
+def test_frames_ending_a_sentence_keep_the_boundary_when_joined_later() -> None:
+    seg = Segmenter(SegmenterConfig(growth=0))
+    for text in ("Hello there, thanks for calling.", "Your appointment is on Tuesday."):
+        seg.append(text)
+    out = list(iter(seg.take, None))
+    assert out == ["Hello there,", "thanks for calling.", "Your appointment is on Tuesday."]
+
+
+def test_numbers_split_across_tokens_stay_whole() -> None:
+    seg = Segmenter(SegmenterConfig(growth=0))
+    for token in ("It is 1", ",", "000 dollars at 3", ":", "30 today. "):
+        seg.append(token)
+    assert list(iter(seg.take, None)) == ["It is 1,000 dollars at 3:30 today."]
+
+
+def test_take_cuts_at_the_load_it_is_given() -> None:
+    text = (
+        "Thanks for calling Acme Dental, this is Sarah. I can see your appointment on "
+        "Tuesday at 3:30 PM with Doctor Patel. Would you like to keep that time?"
+    )
+    sizes = {}
+    for load in (1, 2):
+        seg = Segmenter()
+        seg.append(text)
+        out = []
+        while (piece := seg.take(final=True, load=load)) is not None:
+            out.append(len(piece))
+        sizes[load] = out
+    assert sizes[2][0] <= sizes[1][0]  # a shorter opener when other calls wait too
+    assert max(sizes[2][1:3]) < max(sizes[1][1:3])  # slower growth when calls share the cores

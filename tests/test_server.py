@@ -35,7 +35,7 @@ SENTENCES = [
 
 def expected_lengths(engine: Engine, texts: list[str], voice: str = "af_sky") -> list[int]:
     """Sample counts the daemon must send for ``texts``: durations are deterministic."""
-    seg = Segmenter(SegmenterConfig())
+    seg = Segmenter(SegmenterConfig(growth=0))
     segments: list[str] = []
     for t in texts:
         segments += seg.push(t)
@@ -502,3 +502,22 @@ def test_turn_without_punctuation_is_spoken_when_the_llm_goes_quiet(
         conn.bye()
         reply = conn.read_until_end(TEST_TIMEOUT)
     assert_clean_reply(reply)
+
+
+def test_growing_segments_under_load(daemon: DaemonFactory) -> None:
+    """The default (growth) segmenter: several calls at once still get every frame in order."""
+    server = daemon(segmenter=SegmenterConfig(), workers=2)
+    text = " ".join(SENTENCES)
+    replies: dict[str, Reply] = {}
+
+    def run(call_id: str) -> None:
+        replies[call_id] = speak(*server.tcp_address, call_id, [text], timeout=TEST_TIMEOUT)
+
+    threads = [threading.Thread(target=run, args=(f"80{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TEST_TIMEOUT)
+    for reply in replies.values():
+        assert_clean_reply(reply)
+        assert len(reply.chunks) >= 3
