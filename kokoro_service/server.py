@@ -7,6 +7,7 @@ synthesis workers, and one writer per destination (see :mod:`kokoro_service.rout
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -168,7 +169,7 @@ class Server:
                 f"cannot bind {s.host} tcp:{s.tcp_port} udp:{s.udp_port}: {exc.strerror or exc}"
             ) from exc
         self._tcp, self._udp = tcp, udp
-        if s.host not in ("127.0.0.1", "::1", "localhost"):
+        if not _is_loopback(s.host):
             log.warning(
                 "listening on %s, beyond loopback: only peers in --allow (%s) are served",
                 s.host,
@@ -777,6 +778,15 @@ class Server:
                 log.info("unregister call=%s peer=%s was_registered=%s", msg.call_id, peer, existed)
                 if call is not None:
                     call.route.detach_sink("registration BYE")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _peer(addr: tuple[object, ...]) -> str:

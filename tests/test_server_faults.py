@@ -385,3 +385,18 @@ def test_soak_mixed_clients(daemon: DaemonFactory, engine: Engine, logs: LogCapt
     assert wait_for(lambda: server.active_calls == 0)
     _no_crash(logs)
     assert np.isfinite(float(len(logs.lines)))
+
+
+def test_binding_beyond_loopback_is_warned_about(daemon: DaemonFactory, logs: LogCapture) -> None:
+    server = daemon(host="0.0.0.0")  # still serves only --allow peers (loopback by default)
+    assert logs.has("listening on 0.0.0.0, beyond loopback")
+    assert_clean_reply(
+        speak("127.0.0.1", server.tcp_address[1], "20", ["Fine."], timeout=TEST_TIMEOUT)
+    )
+
+
+def test_default_bind_is_loopback(daemon: DaemonFactory, logs: LogCapture) -> None:
+    server = daemon()
+    assert server.tcp_address[0] == "127.0.0.1"
+    assert server.udp_address[0] == "127.0.0.1"
+    assert not logs.has("beyond loopback")
