@@ -86,7 +86,7 @@ _STALE_TMP_SECONDS = 3600.0
 # Everything the graph can show is derived from it and compared with these values; the rest
 # (training-only dropout, unused dim_in/n_mels/max_conv_dim, multispeaker) is not observable
 # in an inference graph and is taken from here.
-_REFERENCE_CONFIG: dict[str, Any] = {
+KOKORO_82M_CONFIG: dict[str, Any] = {
     "istftnet": {
         "upsample_kernel_sizes": [20, 12],
         "upsample_rates": [10, 6],
@@ -613,14 +613,14 @@ def _derive_config(graph: _Graph, vocab: dict[str, int]) -> dict[str, Any]:
     }
     derived: dict[str, Any] = {
         "istftnet": istftnet,
-        "dim_in": _REFERENCE_CONFIG["dim_in"],
-        "dropout": _REFERENCE_CONFIG["dropout"],
+        "dim_in": KOKORO_82M_CONFIG["dim_in"],
+        "dropout": KOKORO_82M_CONFIG["dropout"],
         "hidden_dim": bert_enc[1],
-        "max_conv_dim": _REFERENCE_CONFIG["max_conv_dim"],
+        "max_conv_dim": KOKORO_82M_CONFIG["max_conv_dim"],
         "max_dur": dur[1],
-        "multispeaker": _REFERENCE_CONFIG["multispeaker"],
+        "multispeaker": KOKORO_82M_CONFIG["multispeaker"],
         "n_layer": len(dur_lstms),
-        "n_mels": _REFERENCE_CONFIG["n_mels"],
+        "n_mels": KOKORO_82M_CONFIG["n_mels"],
         "n_token": word[0],
         "style_dim": adain[0],
         "text_encoder_kernel_size": int(graph.attr(cnn[0], "kernel_shape")[0]),
@@ -630,7 +630,7 @@ def _derive_config(graph: _Graph, vocab: dict[str, int]) -> dict[str, Any]:
             "intermediate_size": w(ffn[0])[1],
             "max_position_embeddings": pos[0],
             "num_hidden_layers": len(queries),
-            "dropout": _REFERENCE_CONFIG["plbert"]["dropout"],
+            "dropout": KOKORO_82M_CONFIG["plbert"]["dropout"],
         },
     }
     checks = {
@@ -645,7 +645,7 @@ def _derive_config(graph: _Graph, vocab: dict[str, int]) -> dict[str, Any]:
     for what, (got, want) in checks.items():
         if got != want:
             raise ModelImportError(f"graph check failed: {what} is {got}, expected {want}")
-    _compare_config(derived, _REFERENCE_CONFIG, "")
+    _compare_config(derived, KOKORO_82M_CONFIG, "")
     if not vocab or max(vocab.values()) >= derived["n_token"] or min(vocab.values()) < 1:
         raise ModelImportError(
             f"vocab.json ids must lie in 1..{derived['n_token'] - 1} (n_token from the graph)"

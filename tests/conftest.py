@@ -18,6 +18,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kokoro_service.checkpoint import build_random_checkpoint
+from kokoro_service.client import Reply
 from kokoro_service.config import Settings
 from kokoro_service.engine import Engine, model_dir_source
 from kokoro_service.protocol import AudioStreamDecoder, End, ServerFrame
@@ -180,3 +181,24 @@ def logs() -> Iterator[LogCapture]:
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(old)
+
+
+def read_reply(sock: socket.socket, timeout: float = TEST_TIMEOUT) -> Reply:
+    """Everything the daemon sends on ``sock`` until it closes (a reset counts as a close)."""
+    decoder = AudioStreamDecoder()
+    reply = Reply()
+    sock.settimeout(timeout)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        for frame in decoder.feed(data):
+            if isinstance(frame, End):
+                reply.ended = True
+            else:
+                reply.chunks.append(frame)
+    reply.closed = True
+    return reply

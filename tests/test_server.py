@@ -13,7 +13,6 @@ import pytest
 from kokoro_service.client import Connection, Reply, speak
 from kokoro_service.engine import Engine
 from kokoro_service.protocol import (
-    AudioStreamDecoder,
     End,
     encode_bye,
     encode_hello,
@@ -24,7 +23,7 @@ from kokoro_service.protocol import (
 from kokoro_service.segmenter import Segmenter, SegmenterConfig
 from kokoro_service.server import Server
 
-from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, wait_for
+from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, read_reply, wait_for
 
 SENTENCES = [
     "Hello there, thanks for calling.",
@@ -300,29 +299,11 @@ def test_cancel_drops_pending_audio(
 # --------------------------------------------------------------------------- bad input
 
 
-def _owed_then_bad(server: Server, bad: bytes) -> tuple[Reply, bytes]:
+def _owed_then_bad(server: Server, bad: bytes) -> Reply:
     """Send a good TEXT, then ``bad``; return what came back before the close."""
     with socket.create_connection(server.tcp_address, timeout=TEST_TIMEOUT) as s:
         s.sendall(encode_hello("601") + encode_text("Owed audio.") + bad)
-        data = b""
-        s.settimeout(TEST_TIMEOUT)
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            data += chunk
-    dec = AudioStreamDecoder()
-    reply = Reply()
-    for f in dec.feed(data):
-        if isinstance(f, End):
-            reply.ended = True
-        else:
-            reply.chunks.append(f)
-    reply.closed = True
-    return reply, data
+        return read_reply(s)
 
 
 @pytest.mark.parametrize(
@@ -342,7 +323,7 @@ def test_bad_frame_closes_after_owed_audio(
     with Connection(*server.tcp_address, timeout=TEST_TIMEOUT) as bystander:
         bystander.hello("602")
         bystander.text(SENTENCES[0])
-        reply, _ = _owed_then_bad(server, bad)
+        reply = _owed_then_bad(server, bad)
         assert reply.ended
         assert lengths(reply) == expected_lengths(engine, ["Owed audio."])
         assert logs.wait("bad input peer=127.0.0.1:", "call=601", reason)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from kokoro_service.client import Connection, Reply, speak
+from kokoro_service.client import Connection, speak
 from kokoro_service.config import parse_networks
 from kokoro_service.engine import Engine, model_dir_source
 from kokoro_service.protocol import (
@@ -28,7 +28,7 @@ from kokoro_service.protocol import (
 )
 from kokoro_service.server import Server
 
-from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, wait_for
+from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, read_reply, wait_for
 from .test_server import assert_clean_reply, expected_lengths, lengths, send_udp
 
 
@@ -61,7 +61,7 @@ def test_truncated_frame_then_close(
     with socket.create_connection(server.tcp_address, timeout=TEST_TIMEOUT) as s:
         s.sendall(encode_hello("2") + encode_text("Owed audio.") + struct.pack(">I", 50) + b"cut")
         s.shutdown(socket.SHUT_WR)
-        conn_reply = _read_all(s)
+        conn_reply = read_reply(s)
     assert conn_reply.ended
     assert lengths(conn_reply) == expected_lengths(engine, ["Owed audio."])
     assert logs.wait("reason=closed mid-frame")
@@ -90,28 +90,6 @@ def test_client_gone_while_audio_is_synthesized(daemon: DaemonFactory, logs: Log
     assert logs.has("call=5") and (logs.has("dropped") or logs.has("text connection lost"))
     assert_clean_reply(speak(*server.tcp_address, "6", ["Next caller."], timeout=TEST_TIMEOUT))
     _no_crash(logs)
-
-
-def _read_all(s: socket.socket) -> Reply:
-    from kokoro_service.protocol import AudioStreamDecoder, End
-
-    dec = AudioStreamDecoder()
-    reply = Reply()
-    s.settimeout(TEST_TIMEOUT)
-    while True:
-        try:
-            data = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        for f in dec.feed(data):
-            if isinstance(f, End):
-                reply.ended = True
-            else:
-                reply.chunks.append(f)
-    reply.closed = True
-    return reply
 
 
 # --------------------------------------------------------------------------- sinks
@@ -295,7 +273,7 @@ def test_thousand_calls_leak_nothing(daemon: DaemonFactory, logs: LogCapture) ->
         elif kind == 2:  # HELLO and BYE, nothing to say
             with socket.create_connection((host, port), timeout=TEST_TIMEOUT) as s:
                 s.sendall(encode_hello(f"c{i}") + encode_bye())
-                _read_all(s)
+                read_reply(s)
         else:  # garbage, then gone
             with socket.create_connection((host, port), timeout=TEST_TIMEOUT) as s:
                 s.sendall(b"\xff\x00\x00\x01garbage")
