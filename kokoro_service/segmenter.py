@@ -251,7 +251,7 @@ class Segmenter:
         if self._first:
             # The earlier of the first clause and a few words, so first audio comes fast;
             # fewer words when other calls are waiting for the same workers.
-            first_words = max(2, int(cfg.first_max_words / max(1.0, load)))
+            first_words = max(3, int(cfg.first_max_words / max(1.0, load)))
             cuts = [
                 c
                 for c in (
@@ -264,7 +264,7 @@ class Segmenter:
                 return min(cuts)
         if budget is not None and cfg.growth and self._released:
             if budget < limit:
-                return _budget_cut(buf, max(16, budget), cfg.max_word_chars, final=final)
+                return _budget_cut(buf, max(cfg.min_chars, budget), cfg.max_word_chars, final=final)
             growth = 0.0  # plenty of audio queued: whole sentences
         else:
             growth = max(1.0, cfg.growth / max(1.0, load)) if cfg.growth else 0.0

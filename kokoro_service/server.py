@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from .config import Settings
-from .engine import DEFAULT_VOICE, Engine, load_engine, probe_devices, select_device
+from .engine import (
+    DEFAULT_VOICE,
+    Engine,
+    Synthesis,
+    load_engine,
+    probe_devices,
+    select_device,
+)
 from .errors import (
     KokoroServiceError,
     ProtocolError,
@@ -129,6 +136,7 @@ class Server:
         self._thread_error: BaseException | None = None
         self._ratelimit = RateLimitedLog(log)
         self._chars_per_second: float | None = None  # one worker's synthesis speed
+        self._rtf: float | None = None  # one worker's synthesis seconds per audio second
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -497,7 +505,7 @@ class Server:
         if self.scheduler.queued(call.work):
             return
         first = call.segmenter.at_utterance_start
-        load = self.scheduler.load(call.work)
+        load = self._useful_load(self.scheduler.load(call.work))
         segment = call.segmenter.take(
             final=call.input_closed, load=load, budget=self._budget(call, load)
         )
@@ -515,7 +523,18 @@ class Server:
                 log.debug("quiet flush call=%s segments=%d", call.call_id, len(segments))
             self._submit(call, segments, first=first)
 
-    def _budget(self, call: Call, load: int) -> int | None:
+    def _useful_load(self, load: int) -> float:
+        """The load that segment sizes should answer to.
+
+        Beyond workers / RTF calls the cores cannot keep every player fed whatever the
+        segment size, and cutting finer would only add choppiness and overhead.
+        """
+        rtf = self._rtf
+        if rtf is None or rtf <= 0:
+            return float(load)
+        return max(1.0, min(float(load), self.settings.workers / rtf))
+
+    def _budget(self, call: Call, load: float) -> int | None:
         """Characters the call's next segment may have so it is ready before the audio
         already sent has played out, given this call's share of the workers; None while
         nothing is playing yet or no synthesis speed has been measured."""
@@ -680,7 +699,7 @@ class Server:
                     if seg.generation == self.scheduler.generation(call.work) and audio is not None:
                         chunk = call.route.send_audio(audio)
                         if chunk is not None:
-                            self._measure_speed(len(seg.text), result.seconds)
+                            self._measure_speed(len(seg.text), result)
                             call.segments += 1
                             call.synth_seconds += result.seconds
                             call.audio_seconds += result.audio_seconds
@@ -720,13 +739,14 @@ class Server:
         if finished:
             self._end_call(call, call.end_reason)
 
-    def _measure_speed(self, chars: int, seconds: float) -> None:
-        if seconds <= 0:
+    def _measure_speed(self, chars: int, result: Synthesis) -> None:
+        if result.seconds <= 0 or result.audio_seconds <= 0:
             return
-        sample = chars / seconds
-        old = self._chars_per_second
-        # A moving average: one slow segment (a cold cache, a busy core) must not swing it.
-        self._chars_per_second = sample if old is None else 0.8 * old + 0.2 * sample
+        # Moving averages: one slow segment (a cold cache, a busy core) must not swing them.
+        speed, rtf = chars / result.seconds, result.seconds / result.audio_seconds
+        old_speed, old_rtf = self._chars_per_second, self._rtf
+        self._chars_per_second = speed if old_speed is None else 0.8 * old_speed + 0.2 * speed
+        self._rtf = rtf if old_rtf is None else 0.8 * old_rtf + 0.2 * rtf
 
     # ------------------------------------------------------------------ UDP
 

@@ -26,6 +26,7 @@ from kokoro_service.protocol import (
     encode_text,
     encode_unregister,
 )
+from kokoro_service.segmenter import SegmenterConfig
 from kokoro_service.server import Server
 
 from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, read_reply, wait_for
@@ -218,7 +219,8 @@ def test_failure_inside_one_segment_is_logged_and_the_call_goes_on(
     eng = Engine(model_dir_source(broken))
     from kokoro_service.config import Settings
 
-    server = Server(Settings(tcp_port=0, udp_port=0, warmup=False), eng, voice="af_sky")
+    settings = Settings(tcp_port=0, udp_port=0, warmup=False, segmenter=SegmenterConfig(growth=0))
+    server = Server(settings, eng, voice="af_sky")
     server.start()
     try:
         reply = speak(
