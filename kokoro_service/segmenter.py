@@ -251,7 +251,9 @@ class Segmenter:
         if self._first:
             # The earlier of the first clause and a few words, so first audio comes fast;
             # fewer words when other calls are waiting for the same workers.
-            first_words = max(3, int(cfg.first_max_words / max(1.0, load)))
+            first_words = cfg.first_max_words
+            if cfg.growth:  # adaptive mode only; growth=0 cuts the same text the same way
+                first_words = max(3, int(first_words / max(1.0, load)))
             cuts = [
                 c
                 for c in (
