@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .protocol import CONTROL_SPEED_RANGE, DEFAULT_MAX_TEXT_BYTES, MAX_CONTROL_BYTES
+from .protocol import CONTROL_SPEED_RANGE, DEFAULT_MAX_TEXT_BYTES
 from .segmenter import SegmenterConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,10 +111,6 @@ class Settings:
             raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if not self.lang.strip():
             raise ConfigError("lang must not be empty")
-
-    @property
-    def max_control_bytes(self) -> int:
-        return MAX_CONTROL_BYTES
 
     def peer_allowed(self, address: str) -> bool:
         try:

@@ -412,10 +412,6 @@ class AudioStreamDecoder:
             del self._buf[: AUDIO_HEADER_BYTES + size]
             out.append(Audio(sample_rate=rate, chunk_id=chunk, samples=payload))
 
-    @property
-    def pending_bytes(self) -> int:
-        return len(self._buf)
-
 
 def parse_datagram(data: bytes) -> Datagram:
     """Decode a registration datagram; raise :class:`ProtocolError` with the reason."""

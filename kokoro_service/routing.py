@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -122,7 +122,6 @@ class FrameWriter:
         self._finishing = False
         self._aborted = False
         self.failed = False
-        self.frames_sent = 0
         self._thread = threading.Thread(target=self._run, name=f"writer:{name}", daemon=True)
 
     def start(self) -> None:
@@ -218,7 +217,6 @@ class FrameWriter:
                     with self._cond:
                         self._queue.appendleft(item)
                     raise
-                self.frames_sent += 1
                 self._on_progress()
         except DestinationError as exc:
             self._fail(str(exc))
@@ -353,22 +351,6 @@ def _shutdown(sock: socket.socket) -> None:
 
 
 # ------------------------------------------------------------------------------ calls
-
-
-@dataclass(slots=True)
-class CallStats:
-    """What the current utterance cost, for the one log line it gets."""
-
-    segments: int = 0
-    synth_seconds: float = 0.0
-    audio_seconds: float = 0.0
-    started: float = field(default_factory=time.monotonic)
-
-    def reset(self) -> None:
-        self.segments = 0
-        self.synth_seconds = 0.0
-        self.audio_seconds = 0.0
-        self.started = time.monotonic()
 
 
 class CallRoute:

@@ -189,8 +189,3 @@ class Scheduler:
     def stopped(self) -> bool:
         with self._cond:
             return self._stopped
-
-    @property
-    def busy(self) -> bool:
-        with self._cond:
-            return any(not w.idle for w in self._calls)
