@@ -1,0 +1,420 @@
+"""Each latency lever measured on its own, beside the alternative it replaced.
+
+``latency.py`` measures the daemon as a whole; this script isolates the levers that are
+too small or too internal to show up there, each with the product's code path next to
+the alternative:
+
+* ``grad``: the model forward under ``torch.inference_mode`` (kept) against ``no_grad``
+  and against plain autograd;
+* ``threads``: intra-op threads per forward, 1 against 2 (the daemon's default on 2 cores);
+* ``denormals``: ``torch.set_flush_denormal`` on (kept) against off, real weights;
+* ``voices``: a voice pack from :class:`VoiceTable` (loaded once, kept) against
+  ``torch.load`` of the voice file for every segment;
+* ``copies``: handing a segment's samples to the writer as a zero-copy view (kept)
+  against building a frame as ``bytes`` (two copies);
+* ``nodelay``: an AUDIO frame and the END after it over loopback TCP, ``TCP_NODELAY``
+  (kept) against Nagle's algorithm, sent the way the daemon's writer sends them;
+* ``warmup``: the first synthesis in a fresh process, with and without ``warm_up``.
+
+Prints JSON and writes ``benchmarks/results/<host>-<date>-levers.json``.
+
+    .venv/bin/python benchmarks/levers.py                 # about 4 min on 2 cores
+    .venv/bin/python benchmarks/levers.py --only nodelay,copies
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import functools
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from kokoro_service.protocol import (  # noqa: E402
+    AudioStreamDecoder,
+    End,
+    audio_payload,
+    encode_audio,
+    encode_audio_header,
+    encode_end,
+)
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+LEVERS = ("grad", "threads", "denormals", "voices", "copies", "nodelay", "warmup")
+# The first segment the daemon cuts from the benchmark's three-sentence reply.
+SEGMENT = "Thanks for calling Acme Dental,"
+FIRST_WORD = "Sure,"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def summary(values: Sequence[float], scale: float = 1.0, nd: int = 4) -> dict[str, Any]:
+    v = sorted(x * scale for x in values)
+    return {
+        "n": len(v),
+        "p50": round(statistics.median(v), nd),
+        "min": round(v[0], nd),
+        "max": round(v[-1], nd),
+        "mean": round(statistics.fmean(v), nd),
+    }
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out: list[float] = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def versus(kept: list[float], other: list[float], scale: float = 1.0) -> dict[str, Any]:
+    k, o = statistics.median(kept), statistics.median(other)
+    return {
+        "kept": summary(kept, scale),
+        "alternative": summary(other, scale),
+        "alternative_over_kept": round(o / k, 3) if k else None,
+    }
+
+
+# ------------------------------------------------------------------------ in-process engine
+
+
+class Bench:
+    """The daemon's engine, built as ``serve`` builds it on the embedded default."""
+
+    def __init__(self, cache_dir: Path | None, threads: int) -> None:
+        from kokoro_service.config import default_cache_dir
+        from kokoro_service.engine import Engine, resolve_source
+        from kokoro_service.server import choose_voice
+
+        self.threads = threads
+        source = resolve_source(None, cache_dir or default_cache_dir())
+        self.engine = Engine(source, device="cpu", default_lang="a", torch_threads=threads)
+        self.voice = choose_voice(self.engine, None)
+        self.source = source
+        self.engine.warm_up(self.voice, "a")
+
+    def forward(self, text: str, mode: Callable[[], contextlib.AbstractContextManager[Any]]) -> int:
+        """G2P plus forward exactly as ``Engine.synthesize`` does, under ``mode``."""
+        from kokoro import KPipeline
+
+        pack = self.engine.voices.get(self.voice)
+        samples = 0
+        with mode():
+            for ps in self.engine.phonemize(text, "a"):
+                out = KPipeline.infer(self.engine.model, ps, pack, 1.0)
+                samples += out.audio.detach().float().cpu().numpy().size
+        return samples
+
+
+def lever_grad(b: Bench, runs: int) -> dict[str, Any]:
+    import torch
+
+    modes: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
+        "inference_mode": torch.inference_mode,
+        "no_grad": torch.no_grad,
+        "autograd": contextlib.nullcontext,
+    }
+    times = {k: timed(functools.partial(b.forward, SEGMENT, m), runs) for k, m in modes.items()}
+    return {
+        "segment": SEGMENT,
+        "seconds": {k: summary(v) for k, v in times.items()},
+        "no_grad_over_inference_mode": round(
+            statistics.median(times["no_grad"]) / statistics.median(times["inference_mode"]), 3
+        ),
+        "autograd_over_inference_mode": round(
+            statistics.median(times["autograd"]) / statistics.median(times["inference_mode"]), 3
+        ),
+    }
+
+
+def _synth(b: Bench, text: str) -> None:
+    b.engine.synthesize(text, voice=b.voice, lang="a")
+
+
+def lever_threads(b: Bench, runs: int) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {"segment": SEGMENT, "seconds": {}}
+    for n in sorted({1, b.threads}):
+        torch.set_num_threads(n)
+        out["seconds"][str(n)] = summary(timed(lambda: _synth(b, SEGMENT), runs))
+    torch.set_num_threads(b.threads)
+    return out
+
+
+def lever_denormals(b: Bench, runs: int) -> dict[str, Any]:
+    import torch
+
+    try:
+        torch.set_flush_denormal(False)
+        off = timed(lambda: _synth(b, SEGMENT), runs)
+    finally:
+        torch.set_flush_denormal(True)
+    on = timed(lambda: _synth(b, SEGMENT), runs)
+    return {"segment": SEGMENT, "seconds": versus(on, off)}
+
+
+def lever_voices(b: Bench, runs: int) -> dict[str, Any]:
+    import torch
+
+    path = b.source.voice_files()[b.voice]
+    cached = timed(lambda: b.engine.voices.get(b.voice), runs * 20)
+    loaded = timed(
+        lambda: torch.load(path, map_location="cpu", weights_only=True).float().contiguous(),
+        runs * 20,
+    )
+    synth = statistics.median(timed(lambda: _synth(b, SEGMENT), 3))
+    return {
+        "what": "one voice pack per segment: VoiceTable.get (kept) vs torch.load of the file",
+        "ms": versus(cached, loaded, 1e3),
+        "load_share_of_segment_synth": round(statistics.median(loaded) / synth, 4),
+    }
+
+
+def lever_copies(b: Bench, runs: int) -> dict[str, Any]:
+    res = b.engine.synthesize(SEGMENT, voice=b.voice, lang="a")
+    if res.audio is None:
+        raise SystemExit("the engine produced no audio for the copies lever")
+    samples = res.audio
+
+    def view() -> None:
+        payload = audio_payload(samples)
+        encode_audio_header(payload.nbytes, 1)
+
+    def copy() -> None:
+        encode_audio(1, samples)
+
+    n = runs * 50
+    return {
+        "what": "one segment's frame for the writer thread: memoryview of the worker's array "
+        "(kept) vs a bytes frame (tobytes + concatenation)",
+        "samples": int(samples.size),
+        "us": versus(timed(view, n), timed(copy, n), 1e6),
+    }
+
+
+# ------------------------------------------------------------------------ TCP_NODELAY
+
+
+def _nodelay_once(nodelay: bool, frames: int, samples: int, gap: float) -> dict[str, list[float]]:
+    """Seconds from the start of each AUDIO frame's send until it is decoded, and from the
+    END sent right behind it until that END is decoded."""
+    import numpy as np
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    rx = socket.create_connection(("127.0.0.1", port))
+    tx, _ = srv.accept()
+    srv.close()
+    tx.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if nodelay else 0)
+    audio = np.linspace(-0.5, 0.5, samples, dtype=np.float32)
+    got_audio: list[float] = []
+    got_end: list[float] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        dec = AudioStreamDecoder()
+        while len(got_end) < frames:
+            data = rx.recv(1 << 20)
+            if not data:
+                break
+            now = time.perf_counter()
+            for frame in dec.feed(data):
+                (got_end if isinstance(frame, End) else got_audio).append(now)
+        done.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    audio_sent: list[float] = []
+    end_sent: list[float] = []
+    payload = audio_payload(audio)
+    for i in range(frames):
+        # The daemon's writer: header and samples in one sendmsg, then END on its own.
+        audio_sent.append(time.perf_counter())
+        tx.sendmsg([memoryview(encode_audio_header(payload.nbytes, i + 1)), payload])
+        end_sent.append(time.perf_counter())
+        tx.sendmsg([memoryview(encode_end())])
+        time.sleep(gap)
+    done.wait(10)
+    tx.close()
+    rx.close()
+    return {
+        "audio": [r - s for r, s in zip(got_audio, audio_sent, strict=False)],
+        "end": [r - s for r, s in zip(got_end, end_sent, strict=False)],
+    }
+
+
+def lever_nodelay(runs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "what": "loopback, sent as the daemon's writer sends: an AUDIO frame in one sendmsg, "
+        "then END; ms from each send to its frame being decoded",
+    }
+    for samples in (2_400, 60_000):
+        on = _nodelay_once(True, runs * 5, samples, 0.02)
+        off = _nodelay_once(False, runs * 5, samples, 0.02)
+        for what in ("audio", "end"):
+            out[f"{what}_after_{samples}_samples_ms"] = versus(on[what], off[what], 1e3)
+    return out
+
+
+# ------------------------------------------------------------------------ warm-up
+
+_COLD = r"""
+import json, sys, time
+from pathlib import Path
+from kokoro_service.engine import Engine, resolve_source
+from kokoro_service.server import choose_voice
+cache, warm, threads = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
+engine = Engine(resolve_source(None, cache), device="cpu", default_lang="a", torch_threads=threads)
+voice = choose_voice(engine, None)
+if warm:
+    engine.warm_up(voice, "a")
+times = []
+for text in sys.argv[4:]:
+    t0 = time.perf_counter()
+    engine.synthesize(text, voice=voice, lang="a")
+    times.append(time.perf_counter() - t0)
+print(json.dumps(times))
+"""
+
+
+def lever_warmup(cache_dir: Path | None, threads: int, repeats: int) -> dict[str, Any]:
+    from kokoro_service.config import default_cache_dir
+
+    cache = str(cache_dir or default_cache_dir())
+    texts = [FIRST_WORD, SEGMENT, FIRST_WORD]
+    out: dict[str, Any] = {
+        "what": "fresh process: seconds of the first three syntheses, with and without warm_up",
+        "texts": texts,
+    }
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for warm in (True, False):
+        firsts: list[float] = []
+        runs: list[list[float]] = []
+        for _ in range(repeats):
+            proc = subprocess.run(
+                [sys.executable, "-c", _COLD, cache, "1" if warm else "0", str(threads), *texts],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+                check=True,
+            )
+            times = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs.append([round(x, 4) for x in times])
+            firsts.append(times[0])
+        out["with_warm_up" if warm else "without_warm_up"] = {
+            "runs": runs,
+            "first_synthesis_s": summary(firsts),
+        }
+    w = out["with_warm_up"]["first_synthesis_s"]["p50"]
+    c = out["without_warm_up"]["first_synthesis_s"]["p50"]
+    out["cold_over_warm_first_synthesis"] = round(c / w, 3) if w else None
+    return out
+
+
+# ------------------------------------------------------------------------ main
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    log(f"lever {name} ...")
+    yield
+    log(f"lever {name} done in {time.perf_counter() - t0:.1f} s")
+
+
+def run(ns: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    levers = [x.strip() for x in ns.only.split(",") if x.strip()]
+    unknown = [x for x in levers if x not in LEVERS]
+    if unknown:
+        raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
+    threads = ns.threads or max(1, os.cpu_count() or 1)
+    res: dict[str, Any] = {
+        "meta": {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "torch": torch.__version__,
+            "threads": threads,
+            "cpu_count": os.cpu_count(),
+            "runs": ns.runs,
+            "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+            "git_commit": _git_commit(),
+        }
+    }
+    engine_levers = [x for x in levers if x in ("grad", "threads", "denormals", "voices", "copies")]
+    if engine_levers:
+        b = Bench(ns.cache_dir, threads)
+        res["meta"]["source"] = b.source.description
+        res["meta"]["voice"] = b.voice
+        fns: dict[str, Callable[[], dict[str, Any]]] = {
+            "grad": lambda: lever_grad(b, ns.runs),
+            "threads": lambda: lever_threads(b, ns.runs),
+            "denormals": lambda: lever_denormals(b, ns.runs),
+            "voices": lambda: lever_voices(b, ns.runs),
+            "copies": lambda: lever_copies(b, ns.runs),
+        }
+        for name in engine_levers:
+            with phase(name):
+                res[name] = fns[name]()
+    if "nodelay" in levers:
+        with phase("nodelay"):
+            res["nodelay"] = lever_nodelay(ns.runs)
+    if "warmup" in levers:
+        with phase("warmup"):
+            res["warmup"] = lever_warmup(ns.cache_dir, threads, ns.warmup_repeats)
+    return res
+
+
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=",".join(LEVERS), help=f"comma list of {', '.join(LEVERS)}")
+    p.add_argument("--runs", type=int, default=10, help="measured runs per variant [10]")
+    p.add_argument("--warmup-repeats", type=int, default=3, help="fresh processes per variant [3]")
+    p.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
+    p.add_argument("--cache-dir", type=Path, default=None, help="embedded-weights cache")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    ns = p.parse_args(argv)
+    res = run(ns)
+    host = socket.gethostname().split(".")[0]
+    path = ns.results_dir / f"{host}-{_dt.date.today().isoformat()}-levers.json"
+    ns.results_dir.mkdir(parents=True, exist_ok=True)
+    res["meta"]["result_file"] = str(path)
+    text = json.dumps(res, indent=2)
+    path.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
