@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,25 @@ def test_hard_text_never_crashes(engine: Engine, text: str) -> None:
 
 
 @pytest.mark.slow
+def test_every_worker_thread_flushes_denormals(engine: Engine) -> None:
+    """The daemon builds the engine in a loader thread and synthesizes in worker threads;
+    the flush-to-zero flags are per thread, so each worker must set them itself."""
+    seen: dict[str, float] = {}
+
+    def worker() -> None:
+        torch.set_flush_denormal(False)  # what a thread started elsewhere may inherit
+        tiny = torch.tensor([1e-39], dtype=torch.float32)  # subnormal in float32
+        seen["before"] = float((tiny * 1.0).item())
+        engine.bind_thread()
+        seen["after"] = float((tiny * 1.0).item())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["before"] != 0.0
+    assert seen["after"] == 0.0
+
+
 def test_full_size_architecture(tmp_path: Path) -> None:
     """The full Kokoro-82M configuration, random weights, through the same loader."""
     src = build_random_checkpoint(tmp_path / "full", size="full", seed=3)
