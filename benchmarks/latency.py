@@ -7,7 +7,8 @@ LLM does, and measures, in one run:
 * TTFA (time to first audio) for a one-sentence reply, a three-sentence reply sent as one
   TEXT frame, and the same reply streamed as LLM tokens (3-6 character pieces);
 * the floor: the engine alone (in this process, same model dir and torch threads, while the
-  daemon is idle) synthesizing exactly the first segment the daemon sends;
+  daemon is idle) synthesizing exactly the first segment the daemon sends, alternating run
+  by run with the TTFA runs so that both see the machine in the same state;
 * the seed baseline: the whole reply synthesized in one ``Engine.synthesize`` call;
 * per-segment and overall real-time factor (in-process and from the daemon's log);
 * capacity: N concurrent calls with a simulated real-time player each (stalls);
@@ -17,7 +18,7 @@ LLM does, and measures, in one run:
 Prints the result JSON on stdout and writes ``benchmarks/results/<host>-<date>[-label].json``
 and a PNG of TTFA and stall seconds against concurrency.  Progress goes to stderr.
 
-    .venv/bin/python benchmarks/latency.py                      # full run, ~10 min on 2 cores
+    .venv/bin/python benchmarks/latency.py                      # full run, ~15 min on 2 cores
     .venv/bin/python benchmarks/latency.py --quick              # smoke test
     .venv/bin/python benchmarks/latency.py --label workers2 --serve-arg=--workers=2
 """
@@ -610,22 +611,38 @@ def ttfa_once(daemon: Daemon, pieces: Sequence[str], delay: float, complete_idx:
     return TtfaRun(first - sent[0], first - sent[done_idx], ok)
 
 
-def phase_ttfa(daemon: Daemon, plan: Plan, cfg: SegmenterConfig, delay: float) -> dict[str, Any]:
+def phase_ttfa(
+    daemon: Daemon,
+    plan: Plan,
+    cfg: SegmenterConfig,
+    delay: float,
+    inproc: InProcess | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """TTFA per reply shape and, with ``inproc``, the floor measured run by run between
+    the TTFA runs: each floor run follows a daemon run, each TTFA run an in-process one,
+    with the same pauses, so drift in the machine's speed hits both figures alike."""
     shapes: dict[str, list[str]] = {
         "one_sentence": [TEXT_ONE],
         "three_sentence_one_frame": [TEXT_THREE],
         "three_sentence_streamed": token_pieces(TEXT_THREE),
     }
     out: dict[str, Any] = {}
+    floor: dict[str, Any] = {}
     for name, pieces in shapes.items():
         seg, idx = first_segment(cfg, pieces)
         mark = daemon.mark()
         runs: list[TtfaRun] = []
+        floors: list[float] = []
         for k in range(plan.warmup + plan.runs):
             run = GUARD.run("ttfa", functools.partial(ttfa_once, daemon, pieces, delay, idx))
+            time.sleep(0.05)
+            if inproc is not None:
+                wall = GUARD.run("in_process", functools.partial(inproc.synth, seg))[0]
+                time.sleep(0.05)
+                if k >= plan.warmup:
+                    floors.append(wall)
             if k >= plan.warmup:
                 runs.append(run)
-            time.sleep(0.05)
         good = [r for r in runs if r.ok and math.isfinite(r.ttfa)]
         out[name] = {
             "first_segment": seg,
@@ -633,6 +650,12 @@ def phase_ttfa(daemon: Daemon, plan: Plan, cfg: SegmenterConfig, delay: float) -
             "ttfa_s": summary([r.ttfa for r in good]),
             "failed_runs": len(runs) - len(good),
         }
+        if inproc is not None:
+            floor[name] = {
+                "first_segment": seg,
+                "synth_s": summary(floors),
+                "method": "in this process, alternating run by run with the TTFA runs",
+            }
         time.sleep(0.2)  # let the last debug lines arrive
         firsts = parse_daemon_log(daemon.since(mark)).get("first_segment_synth_list", [])
         if firsts:
@@ -642,8 +665,11 @@ def phase_ttfa(daemon: Daemon, plan: Plan, cfg: SegmenterConfig, delay: float) -
             out[name]["ttfa_from_that_piece_s"] = summary(
                 [r.after_first_segment_text for r in good]
             )
-        log(f"ttfa {name}: p50 {out[name]['ttfa_s'].get('p50')} s")
-    return out
+        got = f"ttfa {name}: p50 {out[name]['ttfa_s'].get('p50')} s"
+        if name in floor:
+            got += f", floor ({seg!r}) p50 {floor[name]['synth_s'].get('p50')} s"
+        log(got)
+    return out, (floor if inproc is not None else None)
 
 
 # ------------------------------------------------------------------------------ in-process
@@ -701,9 +727,10 @@ class InProcess:
 
 
 def phase_floor(
-    inproc: InProcess, plan: Plan, cfg: SegmenterConfig
+    inproc: InProcess, plan: Plan, cfg: SegmenterConfig, *, per_shape: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Floor per reply shape and per-segment RTF of the engine alone."""
+    """Per-segment RTF of the engine alone and, with ``per_shape``, the floor per reply
+    shape in a block of its own (used when the TTFA phase, which interleaves it, is off)."""
     firsts = {
         "one_sentence": first_segment(cfg, [TEXT_ONE])[0],
         "three_sentence_one_frame": first_segment(cfg, [TEXT_THREE])[0],
@@ -711,7 +738,7 @@ def phase_floor(
     }
     cache: dict[str, list[float]] = {}
     floor: dict[str, Any] = {}
-    for name, seg in firsts.items():
+    for name, seg in firsts.items() if per_shape else ():
         if seg not in cache:
             cache[seg] = inproc.timed(seg, plan.warmup, plan.runs)
         floor[name] = {"first_segment": seg, "synth_s": summary(cache[seg])}
@@ -1217,13 +1244,15 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
         rtf: dict[str, Any] = {}
         marker_samples: int | None = None
+        interleaved: InProcess | None = None  # the floor, measured between TTFA runs
         if {"floor", "seed", "cancel"} & set(phases):
             log("in-process engine (daemon idle)")
             inproc = InProcess(serve_args, cache_dir)
             res["in_process"] = {"source": inproc.description, "voice": inproc.voice}
             if "floor" in phases:
+                interleaved = inproc
                 res["floor"], rtf["in_process"] = measured(
-                    "floor", lambda: phase_floor(inproc, plan, cfg)
+                    "floor", lambda: phase_floor(inproc, plan, cfg, per_shape="ttfa" not in phases)
                 )
             if "seed" in phases:
                 res["seed_baseline"] = measured("seed", lambda: phase_seed(inproc, plan))
@@ -1231,9 +1260,11 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                 marker_samples = inproc.synth(MARKER_TEXT)[2]
         if "ttfa" in phases:
             mark = daemon.mark()
-            res["ttfa"] = measured(
-                "ttfa", lambda: phase_ttfa(daemon, plan, cfg, ns.token_delay_ms / 1e3)
+            res["ttfa"], floor = measured(
+                "ttfa", lambda: phase_ttfa(daemon, plan, cfg, ns.token_delay_ms / 1e3, interleaved)
             )
+            if floor is not None:
+                res["floor"] = floor
             res["ttfa_daemon_log"] = log_summary(daemon.since(mark))
         if "memory" in phases:
             res["memory"] = measured("memory", lambda: phase_memory(daemon, plan, cfg))
