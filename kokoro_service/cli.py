@@ -142,7 +142,8 @@ def _opt(*names: str, env: str, **kw: Any) -> Any:
     env="KOKORO_TORCH_THREADS",
     default=None,
     type=click.IntRange(1, 256),
-    help="torch intra-op threads [default: torch's choice].",
+    help="torch intra-op threads per worker [default: on the CPU, the usable cores divided "
+    "by --workers; elsewhere torch's choice].",
 )
 @_opt(
     "--max-connections",
