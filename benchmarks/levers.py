@@ -7,7 +7,8 @@ the alternative:
 * ``grad``: the model forward under ``torch.inference_mode`` (kept) against ``no_grad``
   and against plain autograd;
 * ``threads``: intra-op threads per forward, 1 against 2 (the daemon's default on 2 cores);
-* ``denormals``: ``torch.set_flush_denormal`` on (kept) against off, real weights;
+* ``denormals``: flush-to-zero set in the synthesis worker (kept) against not, real
+  weights, in fresh processes threaded as the daemon is;
 * ``voices``: a voice pack from :class:`VoiceTable` (loaded once, kept) against
   ``torch.load`` of the voice file for every segment;
 * ``copies``: handing a segment's samples to the writer as a zero-copy view (kept)
@@ -15,6 +16,9 @@ the alternative:
 * ``nodelay``: an AUDIO frame and the END after it over loopback TCP, ``TCP_NODELAY``
   (kept) against Nagle's algorithm, sent the way the daemon's writer sends them;
 * ``warmup``: the first synthesis in a fresh process, with and without ``warm_up``.
+
+The engine levers run on this process's main thread; ``denormals`` and ``warmup`` start
+fresh processes that load in one thread and synthesize in another, as the daemon does.
 
 Prints JSON and writes ``benchmarks/results/<host>-<date>-levers.json``.
 
@@ -162,18 +166,6 @@ def lever_threads(b: Bench, runs: int) -> dict[str, Any]:
     return out
 
 
-def lever_denormals(b: Bench, runs: int) -> dict[str, Any]:
-    import torch
-
-    try:
-        torch.set_flush_denormal(False)
-        off = timed(lambda: _synth(b, SEGMENT), runs)
-    finally:
-        torch.set_flush_denormal(True)
-    on = timed(lambda: _synth(b, SEGMENT), runs)
-    return {"segment": SEGMENT, "seconds": versus(on, off)}
-
-
 def lever_voices(b: Bench, runs: int) -> dict[str, Any]:
     import torch
 
@@ -277,55 +269,87 @@ def lever_nodelay(runs: int) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------ warm-up
+# ------------------------------------------------------------------------ fresh processes
 
-_COLD = r"""
-import json, sys, time
+# The daemon's threading, in a fresh process: load (and warm up) in a loader thread, then
+# synthesize in a worker thread that calls bind_thread() first.  argv: cache dir, warm-up
+# 0/1, torch threads, flush denormals 0/1, texts.
+_FRESH = r"""
+import json, sys, threading, time
 from pathlib import Path
+import torch
 from kokoro_service.engine import Engine, resolve_source
 from kokoro_service.server import choose_voice
-cache, warm, threads = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
-engine = Engine(resolve_source(None, cache), device="cpu", default_lang="a", torch_threads=threads)
-voice = choose_voice(engine, None)
-if warm:
-    engine.warm_up(voice, "a")
-times = []
-for text in sys.argv[4:]:
-    t0 = time.perf_counter()
-    engine.synthesize(text, voice=voice, lang="a")
-    times.append(time.perf_counter() - t0)
-print(json.dumps(times))
+cache, warm, threads, ftz = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4]
+box = {}
+def load():
+    engine = Engine(resolve_source(None, cache), device="cpu", default_lang="a",
+                    torch_threads=threads)
+    voice = choose_voice(engine, None)
+    if warm:
+        engine.warm_up(voice, "a")
+    box["engine"], box["voice"] = engine, voice
+def work():
+    engine, voice = box["engine"], box["voice"]
+    engine.bind_thread()
+    if ftz == "0":
+        torch.set_flush_denormal(False)  # before the first forward: the team inherits it
+    times = []
+    for text in sys.argv[5:]:
+        t0 = time.perf_counter()
+        engine.synthesize(text, voice=voice, lang="a")
+        times.append(time.perf_counter() - t0)
+    box["times"] = times
+for fn in (load, work):
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join()
+print(json.dumps(box["times"]))
 """
 
 
-def lever_warmup(cache_dir: Path | None, threads: int, repeats: int) -> dict[str, Any]:
-    from kokoro_service.config import default_cache_dir
+def _fresh(cache: str, *, warm: bool, threads: int, ftz: bool, texts: Sequence[str]) -> list[float]:
+    """Seconds of each synthesis of ``texts`` in a fresh process, threaded as the daemon."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH, cache, str(int(warm)), str(threads), str(int(ftz)), *texts],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        cwd=ROOT,
+        check=True,
+    )
+    return [float(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])]
 
-    cache = str(cache_dir or default_cache_dir())
+
+def lever_denormals(cache: str, threads: int, runs: int) -> dict[str, Any]:
+    texts = [SEGMENT] * (runs + 1)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(2):  # alternate the variants so drift hits both
+        for ftz in (True, False):
+            times[ftz] += _fresh(cache, warm=True, threads=threads, ftz=ftz, texts=texts)[1:]
+    return {
+        "what": "worker thread of a fresh process, flush-to-zero set before its first "
+        "forward (kept) or not; seconds per synthesis",
+        "segment": SEGMENT,
+        "seconds": versus(times[True], times[False]),
+    }
+
+
+def lever_warmup(cache: str, threads: int, repeats: int) -> dict[str, Any]:
     texts = [FIRST_WORD, SEGMENT, FIRST_WORD]
     out: dict[str, Any] = {
         "what": "fresh process: seconds of the first three syntheses, with and without warm_up",
         "texts": texts,
     }
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    runs: dict[bool, list[list[float]]] = {True: [], False: []}
+    for _ in range(repeats):
+        for warm in (True, False):
+            times = _fresh(cache, warm=warm, threads=threads, ftz=True, texts=texts)
+            runs[warm].append([round(x, 4) for x in times])
     for warm in (True, False):
-        firsts: list[float] = []
-        runs: list[list[float]] = []
-        for _ in range(repeats):
-            proc = subprocess.run(
-                [sys.executable, "-c", _COLD, cache, "1" if warm else "0", str(threads), *texts],
-                capture_output=True,
-                text=True,
-                env=env,
-                cwd=ROOT,
-                check=True,
-            )
-            times = json.loads(proc.stdout.strip().splitlines()[-1])
-            runs.append([round(x, 4) for x in times])
-            firsts.append(times[0])
         out["with_warm_up" if warm else "without_warm_up"] = {
-            "runs": runs,
-            "first_synthesis_s": summary(firsts),
+            "runs": runs[warm],
+            "first_synthesis_s": summary([r[0] for r in runs[warm]]),
         }
     w = out["with_warm_up"]["first_synthesis_s"]["p50"]
     c = out["without_warm_up"]["first_synthesis_s"]["p50"]
@@ -363,7 +387,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "git_commit": _git_commit(),
         }
     }
-    engine_levers = [x for x in levers if x in ("grad", "threads", "denormals", "voices", "copies")]
+    engine_levers = [x for x in levers if x in ("grad", "threads", "voices", "copies")]
     if engine_levers:
         b = Bench(ns.cache_dir, threads)
         res["meta"]["source"] = b.source.description
@@ -371,7 +395,6 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         fns: dict[str, Callable[[], dict[str, Any]]] = {
             "grad": lambda: lever_grad(b, ns.runs),
             "threads": lambda: lever_threads(b, ns.runs),
-            "denormals": lambda: lever_denormals(b, ns.runs),
             "voices": lambda: lever_voices(b, ns.runs),
             "copies": lambda: lever_copies(b, ns.runs),
         }
@@ -381,9 +404,15 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     if "nodelay" in levers:
         with phase("nodelay"):
             res["nodelay"] = lever_nodelay(ns.runs)
+    from kokoro_service.config import default_cache_dir
+
+    cache = str(ns.cache_dir or default_cache_dir())
+    if "denormals" in levers:
+        with phase("denormals"):
+            res["denormals"] = lever_denormals(cache, threads, ns.runs)
     if "warmup" in levers:
         with phase("warmup"):
-            res["warmup"] = lever_warmup(ns.cache_dir, threads, ns.warmup_repeats)
+            res["warmup"] = lever_warmup(cache, threads, ns.warmup_repeats)
     return res
 
 
