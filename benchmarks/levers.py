@@ -90,6 +90,20 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
     return out
 
 
+def alternating(variants: dict[str, Callable[[], object]], runs: int) -> dict[str, list[float]]:
+    """Time each variant ``runs`` times, taking turns run by run (after one unmeasured run
+    each), so a machine whose speed drifts during the lever hits every variant alike."""
+    for fn in variants.values():
+        fn()
+    out: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(runs):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
 def versus(kept: list[float], other: list[float], scale: float = 1.0) -> dict[str, Any]:
     k, o = statistics.median(kept), statistics.median(other)
     return {
@@ -138,7 +152,9 @@ def lever_grad(b: Bench, runs: int) -> dict[str, Any]:
         "no_grad": torch.no_grad,
         "autograd": contextlib.nullcontext,
     }
-    times = {k: timed(functools.partial(b.forward, SEGMENT, m), runs) for k, m in modes.items()}
+    times = alternating(
+        {k: functools.partial(b.forward, SEGMENT, m) for k, m in modes.items()}, runs
+    )
     return {
         "segment": SEGMENT,
         "seconds": {k: summary(v) for k, v in times.items()},
@@ -158,12 +174,17 @@ def _synth(b: Bench, text: str) -> None:
 def lever_threads(b: Bench, runs: int) -> dict[str, Any]:
     import torch
 
-    out: dict[str, Any] = {"segment": SEGMENT, "seconds": {}}
-    for n in sorted({1, b.threads}):
+    def with_threads(n: int) -> None:
         torch.set_num_threads(n)
-        out["seconds"][str(n)] = summary(timed(lambda: _synth(b, SEGMENT), runs))
-    torch.set_num_threads(b.threads)
-    return out
+        _synth(b, SEGMENT)
+
+    try:
+        times = alternating(
+            {str(n): functools.partial(with_threads, n) for n in sorted({1, b.threads})}, runs
+        )
+    finally:
+        torch.set_num_threads(b.threads)
+    return {"segment": SEGMENT, "seconds": {k: summary(v) for k, v in times.items()}}
 
 
 def lever_voices(b: Bench, runs: int) -> dict[str, Any]:
