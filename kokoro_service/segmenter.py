@@ -114,9 +114,6 @@ class SegmenterConfig:
     short first segment does not cost a stall.  0 releases whole sentences instead."""
     min_chars: int = 32
     """Smallest budget for a segment released under ``growth``."""
-    min_budget_chars: int = 16
-    """Smallest segment cut to fit the audio a listener has left.  A call that far behind
-    stalls whatever the size, and cutting finer would only make it choppier."""
 
     def __post_init__(self) -> None:
         if self.max_chars < 16:
@@ -129,8 +126,6 @@ class SegmenterConfig:
             raise ValueError("growth must be 0 (off) or 1..100")
         if not 1 <= self.min_chars <= self.max_chars:
             raise ValueError("min_chars must be in 1..max_chars")
-        if not 1 <= self.min_budget_chars <= self.max_chars:
-            raise ValueError("min_budget_chars must be in 1..max_chars")
 
 
 class Segmenter:
@@ -271,8 +266,7 @@ class Segmenter:
                 return min(cuts)
         if budget is not None and cfg.growth and self._released:
             if budget < limit:
-                floor = cfg.min_budget_chars
-                return _budget_cut(buf, max(floor, budget), cfg.max_word_chars, final=final)
+                return _budget_cut(buf, max(cfg.min_chars, budget), cfg.max_word_chars, final=final)
             growth = 0.0  # plenty of audio queued: whole sentences
         else:
             growth = max(1.0, cfg.growth / max(1.0, load)) if cfg.growth else 0.0
