@@ -41,6 +41,16 @@ def test_growth_caps_early_segments() -> None:
     assert out[0] == "Thanks for calling Acme Dental,"
 
 
+def test_a_call_far_behind_still_gets_a_phrase_not_a_word() -> None:
+    # Every segment carries Kokoro's lead-in and trailing silence, so cutting a late call
+    # into words would add pauses (and synthesis) without catching up: the budget has a
+    # floor of min_chars, and punctuation within a quarter past it is preferred.
+    seg = Segmenter()
+    seg.append("Okay. On Tuesday at 3:30 PM with Doctor Patel. Bye.")
+    assert seg.take() == "Okay."
+    assert seg.take(budget=0) == "On Tuesday at 3:30 PM with Doctor Patel."
+
+
 def test_no_segment_ends_on_a_clinging_word() -> None:
     out = segments("Okay, I will reschedule your appointment for the next available day please")
     for seg in out[:-1]:
