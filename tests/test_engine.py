@@ -166,7 +166,6 @@ def test_hard_text_never_crashes(engine: Engine, text: str) -> None:
     assert result.audio is None or np.isfinite(result.audio).all()
 
 
-@pytest.mark.slow
 def test_every_worker_thread_flushes_denormals(engine: Engine) -> None:
     """The daemon builds the engine in a loader thread and synthesizes in worker threads;
     the flush-to-zero flags are per thread, so each worker must set them itself."""
@@ -186,6 +185,7 @@ def test_every_worker_thread_flushes_denormals(engine: Engine) -> None:
     assert seen["after"] == 0.0
 
 
+@pytest.mark.slow
 def test_full_size_architecture(tmp_path: Path) -> None:
     """The full Kokoro-82M configuration, random weights, through the same loader."""
     src = build_random_checkpoint(tmp_path / "full", size="full", seed=3)
