@@ -1049,6 +1049,16 @@ def parse_daemon_log(lines: Sequence[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ metadata
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("" where /proc/cpuinfo does not say): hosts of one name have
+    differed by 2x in synthesis speed, so every result file records it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
 def metadata(ns: argparse.Namespace, plan: Plan, daemon: Daemon | None) -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
@@ -1061,12 +1071,6 @@ def metadata(ns: argparse.Namespace, plan: Plan, daemon: Daemon | None) -> dict[
     src = hashlib.sha256()
     for path in sorted((ROOT / "kokoro_service").glob("*.py")):
         src.update(path.name.encode() + b"\0" + path.read_bytes())
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
     import torch
 
     return {
@@ -1086,7 +1090,7 @@ def metadata(ns: argparse.Namespace, plan: Plan, daemon: Daemon | None) -> dict[
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
     }

@@ -15,7 +15,15 @@ the alternative:
   against building a frame as ``bytes`` (two copies);
 * ``nodelay``: an AUDIO frame and the END after it over loopback TCP, ``TCP_NODELAY``
   (kept) against Nagle's algorithm, sent the way the daemon's writer sends them;
-* ``warmup``: the first synthesis in a fresh process, with and without ``warm_up``.
+* ``warmup``: the first synthesis in a fresh process, with and without ``warm_up``;
+* ``layout``: one worker with every core (kept) against one worker per core, for one
+  stream and for two streams at once, in fresh processes threaded as the daemon is;
+* ``profile``: not a lever but where one segment's milliseconds go: time per operator,
+  the forward's floating-point operations per second of audio, and this host's measured
+  fp32 GEMM rate, which together bound the real-time factor from below;
+* ``int8``: the generator's convolutions in fp32 (kept) against torch's dynamic int8
+  quantization of them: time per segment, spectral fidelity against fp32 and, where the
+  test extras are installed, Whisper's word error rate on the telephony corpus.
 
 The engine levers run on this process's main thread; ``denormals`` and ``warmup`` start
 fresh processes that load in one thread and synthesize in another, as the daemon does.
@@ -48,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.latency import cpu_model  # noqa: E402
 from kokoro_service.protocol import (  # noqa: E402
     AudioStreamDecoder,
     End,
@@ -58,7 +67,7 @@ from kokoro_service.protocol import (  # noqa: E402
 )
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-LEVERS = ("grad", "threads", "denormals", "voices", "copies", "nodelay", "warmup")
+LEVERS = ("grad", "threads", "denormals", "voices", "copies", "nodelay", "warmup", "layout", "int8", "profile")
 # The first segment the daemon cuts from the benchmark's three-sentence reply.
 SEGMENT = "Thanks for calling Acme Dental,"
 FIRST_WORD = "Sure,"
@@ -226,6 +235,127 @@ def lever_copies(b: Bench, runs: int) -> dict[str, Any]:
     }
 
 
+def _quantized_generator(model: Any) -> Any:
+    """A copy of ``model`` whose generator convolutions run as torch's dynamic int8."""
+    import copy
+
+    import torch
+    import torch.ao.nn.quantized.dynamic as nnqd
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    q = copy.deepcopy(model)
+    for module in list(q.decoder.generator.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is torch.nn.Conv1d:
+                child.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
+                setattr(module, name, nnqd.Conv1d.from_float(child))
+    return q
+
+
+def _log_spectrogram(audio: Any) -> Any:
+    import torch
+
+    x = torch.from_numpy(audio)
+    spec = torch.stft(x, 1024, 256, window=torch.hann_window(1024), return_complex=True)
+    return torch.log(spec.abs() ** 2 + 1e-6).numpy()
+
+
+def lever_int8(b: Bench, runs: int) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    try:
+        from tests.asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
+    except ImportError:  # the bench extras alone do not bring faster-whisper
+        TELEPHONY_SENTENCES = (  # noqa: N806
+            "Your appointment is on Tuesday at 3:30 PM.",
+            "Hi Sarah, this is Michael from Acme Dental.",
+            "Thank you for calling. Please hold while we transfer your call.",
+        )
+        transcribe = None  # type: ignore[assignment]
+    fp32 = b.engine.model
+    int8 = _quantized_generator(fp32)
+    models = {"fp32": fp32, "int8": int8}
+
+    def synth_with(name: str, text: str) -> Any:
+        b.engine.model = models[name]
+        # SineGen draws a random phase: the same seed for both keeps the comparison fair.
+        torch.manual_seed(0)
+        return b.engine.synthesize(text, voice=b.voice, lang="a")
+
+    try:
+        times = alternating({k: functools.partial(synth_with, k, SEGMENT) for k in models}, runs)
+        fidelity: list[float] = []
+        pairs: dict[str, list[tuple[str, str]]] = {k: [] for k in models}
+        for text in TELEPHONY_SENTENCES:
+            audio = {k: synth_with(k, text).audio for k in models}
+            ref, alt = _log_spectrogram(audio["fp32"]), _log_spectrogram(audio["int8"])
+            n = min(ref.shape[1], alt.shape[1])
+            fidelity.append(float(np.corrcoef(ref[:, :n].ravel(), alt[:, :n].ravel())[0, 1]))
+            if transcribe is not None:
+                for k in models:
+                    pairs[k].append((text, transcribe(audio[k], 24_000)))
+    finally:
+        b.engine.model = fp32
+    out: dict[str, Any] = {
+        "what": "generator Conv1d layers in fp32 (kept) vs torch.ao dynamic int8 "
+        "(per-channel weights, activations quantized per call)",
+        "segment": SEGMENT,
+        "seconds": versus(times["fp32"], times["int8"]),
+        "log_spectrogram_correlation_with_fp32": summary(fidelity),
+        "sentences": len(TELEPHONY_SENTENCES),
+    }
+    if transcribe is not None:
+        out["whisper_wer"] = {k: round(corpus_word_error_rate(v), 4) for k, v in pairs.items()}
+        out["int8_transcripts"] = [h for _, h in pairs["int8"]]
+    return out
+
+
+def _gemm_gflops(threads: int) -> float:
+    """This host's fp32 matrix-multiply rate at ``threads``: the practical compute ceiling."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = min(timed(lambda: a @ b, 10, warmup=3))
+    return 2 * 2048**3 / best / 1e9
+
+
+def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    synth = [b.engine.synthesize(SEGMENT, voice=b.voice, lang="a") for _ in range(runs)]
+    seconds = statistics.median(r.seconds for r in synth)
+    audio_s = synth[-1].audio_seconds
+    with FlopCounterMode(display=False) as counter:
+        b.engine.synthesize(SEGMENT, voice=b.voice, lang="a")
+    total = counter.get_total_flops()
+    by_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        b.engine.synthesize(SEGMENT, voice=b.voice, lang="a")
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    self_total = sum(e.self_cpu_time_total for e in events) or 1.0
+    gflops = _gemm_gflops(b.threads)
+    torch.set_num_threads(b.threads)
+    per_audio_s = total / audio_s / 1e9
+    return {
+        "segment": SEGMENT,
+        "synth_s_p50": round(seconds, 4),
+        "audio_s": round(audio_s, 4),
+        "rtf": round(seconds / audio_s, 4),
+        "gflop_per_audio_second": round(per_audio_s, 2),
+        "gflop_by_op": {k: round(v / 1e9, 3) for k, v in sorted(by_op.items())},
+        "achieved_gflops": round(total / seconds / 1e9, 1),
+        "host_gemm_gflops": round(gflops, 1),
+        "rtf_lower_bound_at_gemm_rate": round(per_audio_s / gflops, 4),
+        "self_cpu_share_by_op": {
+            e.key: round(e.self_cpu_time_total / self_total, 4) for e in events[:12]
+        },
+    }
+
+
 # ------------------------------------------------------------------------ TCP_NODELAY
 
 
@@ -378,6 +508,91 @@ def lever_warmup(cache: str, threads: int, repeats: int) -> dict[str, Any]:
     return out
 
 
+_LAYOUT = r"""
+import json, sys, threading, time
+from pathlib import Path
+from kokoro_service.engine import Engine, resolve_source
+from kokoro_service.server import choose_voice
+cache, threads, streams, runs, text = Path(sys.argv[1]), *map(int, sys.argv[2:5]), sys.argv[5]
+box = {}
+def load():
+    engine = Engine(resolve_source(None, cache), device="cpu", default_lang="a",
+                    torch_threads=threads)
+    voice = choose_voice(engine, None)
+    engine.warm_up(voice, "a")
+    box["engine"], box["voice"] = engine, voice
+t = threading.Thread(target=load)
+t.start()
+t.join()
+engine, voice = box["engine"], box["voice"]
+ready = threading.Barrier(streams + 1)
+done = [[] for _ in range(streams)]
+def work(i):
+    engine.bind_thread()
+    engine.synthesize(text, voice=voice, lang="a")
+    ready.wait()
+    for _ in range(runs):
+        r = engine.synthesize(text, voice=voice, lang="a")
+        done[i].append((r.seconds, r.audio_seconds))
+workers = [threading.Thread(target=work, args=(i,)) for i in range(streams)]
+for w in workers:
+    w.start()
+ready.wait()
+t0 = time.perf_counter()
+for w in workers:
+    w.join()
+wall = time.perf_counter() - t0
+print(json.dumps({"wall_s": wall, "segments": [s for d in done for s in d]}))
+"""
+
+
+def _layout_once(cache: str, threads: int, streams: int, runs: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAYOUT, cache, str(threads), str(streams), str(runs), SEGMENT],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        cwd=ROOT,
+        check=True,
+    )
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    audio = sum(a for _, a in got["segments"])
+    return {"wall_s": got["wall_s"], "audio_s": audio, "synth_s": [s for s, _ in got["segments"]]}
+
+
+def lever_layout(cache: str, threads: int, runs: int) -> dict[str, Any]:
+    """Latency of one segment and aggregate real-time factor for each worker layout.
+
+    One worker owns every core (kept: ``--workers 1``); the alternative gives each of
+    ``threads`` workers one core.  With one stream the alternative leaves cores idle; with
+    as many streams as workers it runs them side by side, which is its best case.
+    """
+    variants = {
+        "one_stream_1_worker": (threads, 1),
+        f"one_stream_{threads}_workers": (1, 1),
+        f"{threads}_streams_1_worker": (threads, 1),
+        f"{threads}_streams_{threads}_workers": (1, threads),
+    }
+    out: dict[str, Any] = {
+        "what": "fresh processes, load in one thread, synthesize in worker threads; "
+        f"{threads}_streams_1_worker serves the streams one after another, so its "
+        "aggregate RTF is the one-stream figure",
+        "segment": SEGMENT,
+    }
+    for name, (per_worker, streams) in variants.items():
+        if name == f"{threads}_streams_1_worker":
+            continue
+        got = _layout_once(cache, per_worker, streams, runs)
+        out[name] = {
+            "threads_per_worker": per_worker,
+            "workers": streams,
+            "segment_synth_s": summary(got["synth_s"]),
+            "aggregate_rtf": round(got["wall_s"] / got["audio_s"], 4),
+        }
+    out[f"{threads}_streams_1_worker"] = dict(out["one_stream_1_worker"])
+    return out
+
+
 # ------------------------------------------------------------------------ main
 
 
@@ -403,12 +618,13 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "torch": torch.__version__,
             "threads": threads,
             "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
             "runs": ns.runs,
             "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
             "git_commit": _git_commit(),
         }
     }
-    engine_levers = [x for x in levers if x in ("grad", "threads", "voices", "copies")]
+    engine_levers = [x for x in levers if x in ("grad", "threads", "voices", "copies", "int8", "profile")]
     if engine_levers:
         b = Bench(ns.cache_dir, threads)
         res["meta"]["source"] = b.source.description
@@ -418,6 +634,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "threads": lambda: lever_threads(b, ns.runs),
             "voices": lambda: lever_voices(b, ns.runs),
             "copies": lambda: lever_copies(b, ns.runs),
+            "int8": lambda: lever_int8(b, ns.runs),
+            "profile": lambda: lever_profile(b, ns.runs),
         }
         for name in engine_levers:
             with phase(name):
@@ -434,6 +652,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     if "warmup" in levers:
         with phase("warmup"):
             res["warmup"] = lever_warmup(cache, threads, ns.warmup_repeats)
+    if "layout" in levers:
+        with phase("layout"):
+            res["layout"] = lever_layout(cache, threads, ns.runs)
     return res
 
 

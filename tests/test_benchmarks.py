@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks.latency import evaluate, percentile, playback
-from benchmarks.levers import _nodelay_once
+from benchmarks.levers import _nodelay_once, _quantized_generator
+from kokoro_service.engine import Engine
 
 
 def test_player_fed_in_time_never_stalls() -> None:
@@ -79,3 +80,25 @@ def test_nodelay_lever_times_every_frame_over_real_loopback() -> None:
         got = _nodelay_once(nodelay, frames=4, samples=2_400, gap=0.0)
         assert len(got["audio"]) == 4 and len(got["end"]) == 4
         assert all(0 <= x < 5 for x in got["audio"] + got["end"])
+
+
+def test_int8_lever_quantizes_a_copy_of_every_generator_conv(engine: Engine) -> None:
+    import torch
+
+    def plain_convs(model: torch.nn.Module) -> int:
+        return sum(type(m) is torch.nn.Conv1d for m in model.decoder.generator.modules())
+
+    fp32 = engine.model
+    before = plain_convs(fp32)
+    quantized = _quantized_generator(fp32)
+    assert before > 0 and plain_convs(fp32) == before, "the product's model must be untouched"
+    assert plain_convs(quantized) == 0
+    ref = engine.synthesize("Hello there.", voice="af_sky", lang="a")
+    try:
+        engine.model = quantized
+        alt = engine.synthesize("Hello there.", voice="af_sky", lang="a")
+    finally:
+        engine.model = fp32
+    # Only the generator changed, so the predicted durations (hence the length) agree.
+    assert ref.audio is not None and alt.audio is not None
+    assert alt.audio.shape == ref.audio.shape and np.isfinite(alt.audio).all()
