@@ -1352,6 +1352,7 @@ def _dig(res: dict[str, Any], path: str) -> Any:
 
 
 COMPARE_ROWS = (
+    ("CPU / commit", "meta.cpu_model", "meta.git_commit"),
     (
         "TTFA one-sentence p50 / p95 (s)",
         "ttfa.one_sentence.ttfa_s.p50",

@@ -67,7 +67,18 @@ from kokoro_service.protocol import (  # noqa: E402
 )
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-LEVERS = ("grad", "threads", "denormals", "voices", "copies", "nodelay", "warmup", "layout", "int8", "profile")
+LEVERS = (
+    "grad",
+    "threads",
+    "denormals",
+    "voices",
+    "copies",
+    "nodelay",
+    "warmup",
+    "layout",
+    "int8",
+    "profile",
+)
 # The first segment the daemon cuts from the benchmark's three-sentence reply.
 SEGMENT = "Thanks for calling Acme Dental,"
 FIRST_WORD = "Sure,"
@@ -321,6 +332,41 @@ def _gemm_gflops(threads: int) -> float:
     return 2 * 2048**3 / best / 1e9
 
 
+def _conv_algorithms(threads: int, runs: int) -> dict[str, Any]:
+    """The generator's hottest convolution shape (128 channels, 16 k frames, kernel 11)
+    through oneDNN (what torch picks), torch's own im2col+GEMM path, and a sum of one GEMM
+    per kernel tap: GFLOP/s of each, so the ceiling is measured, not assumed."""
+    import torch
+    from torch.nn import functional
+
+    torch.set_num_threads(threads)
+    channels, frames, kernel, dilation = 128, 15_961, 11, 5
+    pad = dilation * (kernel - 1) // 2
+    x, w, bias = torch.randn(1, channels, frames), torch.randn(channels, channels, kernel), None
+
+    def onednn() -> object:
+        return functional.conv1d(x, w, bias, padding=pad, dilation=dilation)
+
+    def native() -> object:
+        with torch.backends.mkldnn.flags(enabled=False):
+            return functional.conv1d(x, w, bias, padding=pad, dilation=dilation)
+
+    def taps() -> object:
+        xp = functional.pad(x[0], (pad, pad))
+        y = torch.zeros(channels, frames)
+        for j in range(kernel):
+            y.addmm_(w[:, :, j], xp[:, j * dilation : j * dilation + frames])
+        return y
+
+    flop = 2 * channels * channels * kernel * frames
+    with torch.inference_mode():
+        times = alternating({"onednn": onednn, "im2col_gemm": native, "gemm_per_tap": taps}, runs)
+    return {
+        "shape": f"conv1d {channels}->{channels} ch, {frames} frames, k={kernel}, d={dilation}",
+        "gflops": {k: round(flop / statistics.median(v) / 1e9, 1) for k, v in times.items()},
+    }
+
+
 def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -350,6 +396,7 @@ def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
         "achieved_gflops": round(total / seconds / 1e9, 1),
         "host_gemm_gflops": round(gflops, 1),
         "rtf_lower_bound_at_gemm_rate": round(per_audio_s / gflops, 4),
+        "hot_convolution": _conv_algorithms(b.threads, runs),
         "self_cpu_share_by_op": {
             e.key: round(e.self_cpu_time_total / self_total, 4) for e in events[:12]
         },
@@ -624,7 +671,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "git_commit": _git_commit(),
         }
     }
-    engine_levers = [x for x in levers if x in ("grad", "threads", "voices", "copies", "int8", "profile")]
+    engine_levers = [
+        x for x in levers if x in ("grad", "threads", "voices", "copies", "int8", "profile")
+    ]
     if engine_levers:
         b = Bench(ns.cache_dir, threads)
         res["meta"]["source"] = b.source.description
@@ -675,10 +724,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedded-weights cache")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--label", default="", help="appended to the result file's date")
     ns = p.parse_args(argv)
     res = run(ns)
     host = socket.gethostname().split(".")[0]
-    path = ns.results_dir / f"{host}-{_dt.date.today().isoformat()}-levers.json"
+    label = f"-{ns.label}" if ns.label else ""
+    path = ns.results_dir / f"{host}-{_dt.date.today().isoformat()}{label}-levers.json"
     ns.results_dir.mkdir(parents=True, exist_ok=True)
     res["meta"]["result_file"] = str(path)
     text = json.dumps(res, indent=2)
