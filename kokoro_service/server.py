@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import signal
 import socket
@@ -872,7 +873,17 @@ def _load_off_main_thread(settings: Settings, device: str) -> tuple[Engine, str]
             )
             voice = choose_voice(engine, settings.voice)
             if settings.warmup:
-                log.info("warm-up took %.2fs", engine.warm_up(voice, settings.lang))
+                warm = engine.warm_up(voice, settings.lang)
+                # What an operator sizes a host by: beyond this many calls speaking at once,
+                # no segmentation keeps every player fed and stalls are certain.
+                log.info(
+                    "warm-up took %.2fs; synthesis at RTF %.3f per worker, so %d worker(s) "
+                    "keep about %.1f calls speaking at once in real time",
+                    warm.seconds,
+                    warm.rtf,
+                    settings.workers,
+                    settings.workers / warm.rtf if warm.rtf > 0 else math.inf,
+                )
             box["ok"] = (engine, voice)
         except BaseException as exc:
             box["error"] = exc

@@ -185,7 +185,11 @@ def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) 
     assert "END received" in proc.stdout
     audio, rate = sf.read(out, dtype="float32")
     assert rate == 24000 and len(audio) > 0
-    assert "warm-up took" in process.log()
+    assert re.search(
+        r"warm-up took \S+s; synthesis at RTF \d+\.\d{3} per worker, so 1 worker\(s\) keep "
+        r"about \d+\.\d calls speaking at once in real time",
+        process.log(),
+    )
     assert "device cpu (requested auto" in process.log()
     assert re.search(r"utterance call=42 segments=\d+ synth_s=\S+ audio_s=\S+ rtf=", process.log())
     assert process.stop() == 0
