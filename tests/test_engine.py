@@ -150,10 +150,15 @@ def test_weight_norm_is_folded(engine: Engine) -> None:
     assert not any(hasattr(m, "weight_g") for m in engine.model.modules())
 
 
+# Out-of-lexicon words through the espeak fallback: just over one forward's 510 phonemes
+# (two chunks), so the chunking path runs without synthesizing minutes of audio.
+OVER_CONTEXT = "Zxqwv " * 24
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        "Zxqwv " * 150,  # out-of-lexicon words through the espeak fallback, > 510 phonemes
+        OVER_CONTEXT,
         "1234567890" * 20,
         "https://example.com/a/very/long/path?with=query&and=more",
         "Café, naïve, 東京, Москва.",
@@ -164,6 +169,12 @@ def test_weight_norm_is_folded(engine: Engine) -> None:
 def test_hard_text_never_crashes(engine: Engine, text: str) -> None:
     result = engine.synthesize(text, voice="af_sky", lang="a")
     assert result.audio is None or np.isfinite(result.audio).all()
+
+
+def test_over_context_text_is_spoken_in_several_chunks(engine: Engine) -> None:
+    # The premise of the hard-text case above: more phonemes than one forward may take.
+    chunks = engine.phonemize(OVER_CONTEXT, "a")
+    assert len(chunks) >= 2 and all(len(c) <= 510 for c in chunks)
 
 
 def test_every_worker_thread_flushes_denormals(engine: Engine) -> None:
