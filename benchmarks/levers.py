@@ -366,7 +366,6 @@ def _conv_algorithms(threads: int, runs: int) -> dict[str, Any]:
 
 
 def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
-    import torch
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -382,7 +381,6 @@ def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     self_total = sum(e.self_cpu_time_total for e in events) or 1.0
     gflops = _gemm_gflops(b.threads)
-    torch.set_num_threads(b.threads)
     per_audio_s = total / audio_s / 1e9
     return {
         "segment": SEGMENT,
