@@ -468,23 +468,35 @@ def lever_nodelay(runs: int) -> dict[str, Any]:
 # The daemon's threading, in a fresh process: load (and warm up) in a loader thread, then
 # synthesize in a worker thread that calls bind_thread() first.  argv: cache dir, warm-up
 # 0/1, torch threads, flush denormals 0/1, texts.
-_FRESH = r"""
+# The daemon's way to load: in a thread that exits, so only the synthesis threads keep
+# OpenMP teams.  Every fresh-process lever starts with this.
+_LOAD = r"""
 import json, sys, threading, time
 from pathlib import Path
 import torch
 from kokoro_service.engine import Engine, resolve_source
 from kokoro_service.server import choose_voice
+def load_in_thread(cache, threads, warm):
+    box = {}
+    def load():
+        engine = Engine(resolve_source(None, cache), device="cpu", default_lang="a",
+                        torch_threads=threads)
+        voice = choose_voice(engine, None)
+        if warm:
+            engine.warm_up(voice, "a")
+        box["engine"], box["voice"] = engine, voice
+    t = threading.Thread(target=load)
+    t.start()
+    t.join()
+    return box["engine"], box["voice"]
+"""
+_FRESH = (
+    _LOAD
+    + r"""
 cache, warm, threads, ftz = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4]
+engine, voice = load_in_thread(cache, threads, warm)
 box = {}
-def load():
-    engine = Engine(resolve_source(None, cache), device="cpu", default_lang="a",
-                    torch_threads=threads)
-    voice = choose_voice(engine, None)
-    if warm:
-        engine.warm_up(voice, "a")
-    box["engine"], box["voice"] = engine, voice
 def work():
-    engine, voice = box["engine"], box["voice"]
     engine.bind_thread()
     if ftz == "0":
         torch.set_flush_denormal(False)  # before the first forward: the team inherits it
@@ -494,12 +506,12 @@ def work():
         engine.synthesize(text, voice=voice, lang="a")
         times.append(time.perf_counter() - t0)
     box["times"] = times
-for fn in (load, work):
-    t = threading.Thread(target=fn)
-    t.start()
-    t.join()
+t = threading.Thread(target=work)
+t.start()
+t.join()
 print(json.dumps(box["times"]))
 """
+)
 
 
 def _fresh(cache: str, *, warm: bool, threads: int, ftz: bool, texts: Sequence[str]) -> list[float]:
@@ -551,23 +563,11 @@ def lever_warmup(cache: str, threads: int, repeats: int) -> dict[str, Any]:
     return out
 
 
-_LAYOUT = r"""
-import json, sys, threading, time
-from pathlib import Path
-from kokoro_service.engine import Engine, resolve_source
-from kokoro_service.server import choose_voice
+_LAYOUT = (
+    _LOAD
+    + r"""
 cache, threads, streams, runs, text = Path(sys.argv[1]), *map(int, sys.argv[2:5]), sys.argv[5]
-box = {}
-def load():
-    engine = Engine(resolve_source(None, cache), device="cpu", default_lang="a",
-                    torch_threads=threads)
-    voice = choose_voice(engine, None)
-    engine.warm_up(voice, "a")
-    box["engine"], box["voice"] = engine, voice
-t = threading.Thread(target=load)
-t.start()
-t.join()
-engine, voice = box["engine"], box["voice"]
+engine, voice = load_in_thread(cache, threads, warm=True)
 ready = threading.Barrier(streams + 1)
 done = [[] for _ in range(streams)]
 def work(i):
@@ -587,6 +587,7 @@ for w in workers:
 wall = time.perf_counter() - t0
 print(json.dumps({"wall_s": wall, "segments": [s for d in done for s in d]}))
 """
+)
 
 
 def _layout_once(cache: str, threads: int, streams: int, runs: int) -> dict[str, Any]:
