@@ -1,19 +1,32 @@
-"""The daemon's settings: one frozen dataclass, validated once, read by everything below the CLI."""
+"""The daemon's settings: one frozen dataclass, the single source of truth for every knob.
+
+Each field that an operator may set carries its CLI help, its range and its choices in
+the field's metadata (:func:`knob`).  ``kokoro-service serve`` derives its options and
+their ``KOKORO_*`` variables from these fields, and :meth:`Settings.__post_init__` checks
+every range once, here, for the CLI, the tests and the benchmarks alike.
+
+Nothing here imports torch: ``--help`` and option errors must stay instant.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
-from .protocol import CONTROL_SPEED_RANGE, DEFAULT_MAX_TEXT_BYTES
+from .protocol import CONTROL_FLAG, CONTROL_SPEED_RANGE, DEFAULT_MAX_TEXT_BYTES
 from .segmenter import SegmenterConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_PREFIX = "KOKORO_"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,2})?")
 
 
 def default_cache_dir() -> Path:
@@ -25,92 +38,188 @@ def default_cache_dir() -> Path:
     return Path(xdg or Path.home() / ".cache") / "kokoro-service"
 
 
-def parse_networks(values: tuple[str, ...] | list[str]) -> tuple[IPNetwork, ...]:
+def parse_networks(value: str) -> tuple[IPNetwork, ...]:
+    """``"127.0.0.0/8, ::1/128"`` → networks; every item must parse."""
     nets = []
-    for raw in values:
-        for item in raw.replace(",", " ").split():
-            try:
-                nets.append(ipaddress.ip_network(item, strict=False))
-            except ValueError as exc:
-                raise ConfigError(f"--allow: {item!r} is not an address or CIDR ({exc})") from None
+    for item in value.replace(",", " ").split():
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"{item!r} is not an address or CIDR ({exc})", "allow") from None
     if not nets:
-        raise ConfigError("--allow must name at least one address or CIDR")
+        raise ConfigError("must name at least one address or CIDR", "allow")
     return tuple(nets)
+
+
+def knob(
+    default: Any,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    shown: str | None = None,
+) -> Any:
+    """A field that ``serve`` exposes as ``--name`` and ``KOKORO_NAME``.
+
+    ``lo``/``hi`` bound numbers (inclusive), ``choices`` bounds strings, ``shown`` replaces
+    the default in ``--help`` where the real default is computed at start-up.
+    """
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "shown": shown}
+    if callable(default):
+        return field(default_factory=default, metadata={"cli": meta})
+    return field(default=default, metadata={"cli": meta})
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every knob of the daemon, with the documented defaults."""
+    """Every knob of the daemon, with the documented defaults.
 
-    host: str = "127.0.0.1"
-    tcp_port: int = 8090
-    udp_port: int = 13001
-    sink_host: str = "127.0.0.1"
-    sink_port_base: int = 9002
-    voice: str | None = None
-    """None means the built-in default (af_sky) and permits a logged substitute."""
-    lang: str = "a"
-    speed: float = 1.0
-    device: str = "auto"
-    model_dir: Path | None = None
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
-    workers: int = 1
-    torch_threads: int | None = None
-    max_connections: int = 256
-    max_pending_chars: int = 200_000
-    queue_frames: int = 8
-    max_registrations: int = 10_000
-    hello_timeout: float = 10.0
-    idle_timeout: float = 600.0
-    frame_timeout: float = 30.0
-    write_timeout: float = 30.0
-    flush_timeout: float = 0.5
-    """Text without a closing boundary is spoken after this much silence from the LLM."""
-    sink_connect_attempts: int = 4
-    sink_connect_backoff: float = 0.1
-    drain_timeout: float = 20.0
-    allow: tuple[IPNetwork, ...] = field(default_factory=lambda: parse_networks(LOOPBACK_ONLY))
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
-    warmup: bool = True
-    log_level: str = "info"
+    Fields made with :func:`knob` are operator settings; the few plain fields are for
+    embedding and tests.
+    """
+
+    host: str = knob("127.0.0.1", "Address to bind (TCP and UDP); beyond loopback is warned.")
+    tcp_port: int = knob(8090, "TCP port for text connections (0: any free port).", lo=0, hi=65535)
+    udp_port: int = knob(13001, "UDP port for REGISTER/BYE datagrams.", lo=0, hi=65535)
+    sink_host: str = knob(
+        "127.0.0.1", "Host of the audio processors (never taken from a datagram)."
+    )
+    sink_port_base: int = knob(
+        9002, "Registered call N is sent to sink-host:(base + N).", lo=1, hi=65535
+    )
+    voice: str | None = knob(
+        None,
+        "Default voice or blend, e.g. af_sky or 'af_sky:0.7,af_bella:0.3'. Unset: af_sky, "
+        "or a logged substitute where the model lacks it.",
+        shown="af_sky",
+    )
+    lang: str = knob("a", "Default Kokoro language code.")
+    speed: float = knob(
+        1.0, "Default speaking rate.", lo=CONTROL_SPEED_RANGE[0], hi=CONTROL_SPEED_RANGE[1]
+    )
+    device: str = knob(
+        "auto", "auto, cpu, cuda, cuda:N or mps. A named device that is missing fails start-up."
+    )
+    model_dir: Path | None = knob(
+        None,
+        "Kokoro checkout (config.json, *.pth, voices/*.pt), loaded offline. Unset: hub "
+        "weights already cached, else the embedded int8 import.",
+    )
+    cache_dir: Path = knob(
+        default_cache_dir,
+        "Where the embedded import is cached.",
+        shown="$CACHE_DIRECTORY or ~/.cache/kokoro-service",
+    )
+    max_text_bytes: int = knob(
+        DEFAULT_MAX_TEXT_BYTES,
+        "Largest TEXT frame accepted; a larger one closes the connection.",
+        lo=1,
+        hi=CONTROL_FLAG - 1,  # a TEXT length with the top bit set is a CONTROL header
+    )
+    workers: int = knob(1, "Synthesis worker threads.", lo=1, hi=64)
+    torch_threads: int | None = knob(
+        None,
+        "torch intra-op threads per worker.",
+        lo=1,
+        hi=256,
+        shown="on the CPU, the usable cores divided by --workers; elsewhere torch's choice",
+    )
+    max_connections: int = knob(
+        256, "Text connections served at once; more are refused.", lo=1, hi=100_000
+    )
+    max_pending_chars: int = knob(
+        200_000, "Unspoken text held per call; TEXT beyond it is refused.", lo=1
+    )
+    queue_frames: int = knob(
+        8, "AUDIO frames queued per destination before its call waits.", lo=1, hi=4096
+    )
+    max_segment_chars: int = knob(
+        200, "Longest segment (one AUDIO frame of speech).", lo=16, hi=2000
+    )
+    first_segment_words: int = knob(
+        8, "First segment of a reply: its first clause, at most this many words.", lo=1, hi=100
+    )
+    hello_timeout: float = knob(10.0, "Seconds a new connection has to send HELLO.", lo=0.1)
+    idle_timeout: float = knob(
+        600.0, "Seconds without any frame (KEEPALIVE counts) before a call is closed.", lo=0.1
+    )
+    frame_timeout: float = knob(30.0, "Seconds a started frame has to arrive whole.", lo=0.1)
+    write_timeout: float = knob(
+        30.0, "Seconds a peer may accept no audio before it is dropped as not reading.", lo=0.1
+    )
+    max_registrations: int = knob(
+        10_000, "UDP registrations remembered; beyond it the oldest is forgotten.", lo=1
+    )
+    sink_connect_attempts: int = knob(
+        4,
+        "Tries to reach an audio processor before its audio goes back on the text connection.",
+        lo=1,
+        hi=100,
+    )
+    sink_connect_backoff: float = knob(
+        0.1, "Seconds before the second try; doubled for each further try.", lo=0.001
+    )
+    flush_timeout: float = knob(
+        0.5, "Seconds of silence after which text with no sentence end is spoken anyway.", lo=0.05
+    )
+    drain_timeout: float = knob(20.0, "On SIGTERM/SIGINT, seconds to finish owed audio.", lo=0.0)
+    allow: tuple[IPNetwork, ...] = knob(
+        lambda: parse_networks(",".join(LOOPBACK_ONLY)),
+        "Comma-separated CIDRs of TCP peers and UDP registrars that are served.",
+        shown=",".join(LOOPBACK_ONLY),
+    )
+    warmup: bool = knob(True, "Synthesize before accepting connections (the start-up self-test).")
+    ready_file: Path | None = knob(
+        None,
+        "JSON file (pid, ports, device, voice, RTF) written once warm and listening, "
+        "removed when stopping.",
+    )
+    log_level: str = knob("info", "Log verbosity.", choices=LOG_LEVELS)
+    segment_growth: float = 2.0
+    """SegmenterConfig.growth: 0 cuts whole sentences (the tests' predictable mode)."""
 
     def __post_init__(self) -> None:
-        for name in ("tcp_port", "udp_port"):
-            port = getattr(self, name)
-            if not 0 <= port <= 65535:
-                raise ConfigError(f"{name} must be 0..65535, got {port}")
-        if not 1 <= self.sink_port_base <= 65535:
-            raise ConfigError(f"sink_port_base must be 1..65535, got {self.sink_port_base}")
-        lo, hi = CONTROL_SPEED_RANGE
-        if not lo <= self.speed <= hi:
-            raise ConfigError(f"speed must be {lo}..{hi}, got {self.speed}")
-        if not 1 <= self.max_text_bytes <= 0x7FFF_FFFF:
-            raise ConfigError(f"max_text_bytes must be 1..{0x7FFF_FFFF}, got {self.max_text_bytes}")
-        if not 1 <= self.workers <= 64:
-            raise ConfigError(f"workers must be 1..64, got {self.workers}")
-        if self.torch_threads is not None and not 1 <= self.torch_threads <= 256:
-            raise ConfigError(f"torch_threads must be 1..256, got {self.torch_threads}")
-        for name in ("max_connections", "max_pending_chars", "queue_frames", "max_registrations"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in (
-            "hello_timeout",
-            "idle_timeout",
-            "frame_timeout",
-            "write_timeout",
-            "flush_timeout",
-            "drain_timeout",
-            "sink_connect_backoff",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.sink_connect_attempts < 1:
-            raise ConfigError("sink_connect_attempts must be at least 1")
-        if self.log_level not in LOG_LEVELS:
-            raise ConfigError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        for f in dataclasses.fields(self):
+            meta = f.metadata.get("cli")
+            if meta is None:
+                continue
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            lo, hi, choices = meta["lo"], meta["hi"], meta["choices"]
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                span = f"{lo:g}..{hi:g}" if hi is not None else f"at least {lo:g}"
+                raise ConfigError(f"{value!r} is not in {span}", f.name)
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{value!r} is not one of {', '.join(choices)}", f.name)
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(
+                f"{self.device!r} is not one of auto, cpu, cuda, cuda:N, mps", "device"
+            )
         if not self.lang.strip():
-            raise ConfigError("lang must not be empty")
+            raise ConfigError("must not be empty", "lang")
+        try:
+            self.segmenter  # noqa: B018 - builds and so validates the segmenter's settings
+        except ValueError as exc:
+            raise ConfigError(str(exc), "segment_growth") from None
+
+    @property
+    def segmenter(self) -> SegmenterConfig:
+        return SegmenterConfig(
+            max_chars=self.max_segment_chars,
+            first_max_words=self.first_segment_words,
+            max_word_chars=min(80, self.max_segment_chars),
+            growth=self.segment_growth,
+        )
 
     def peer_allowed(self, address: str) -> bool:
         try:
@@ -120,3 +229,8 @@ class Settings:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip.version == net.version and ip in net for net in self.allow)
+
+
+def cli_fields() -> list[dataclasses.Field[Any]]:
+    """The fields ``serve`` exposes, in declaration order."""
+    return [f for f in dataclasses.fields(Settings) if "cli" in f.metadata]

@@ -1,14 +1,14 @@
-"""Synthesis engine: one shared Kokoro model, one G2P pipeline per language, the voices.
+"""Synthesis engine and devices: one shared Kokoro model, one G2P pipeline per language.
 
-Everything that touches torch, kokoro or misaki lives here, so the server only ever sees
-``Engine.synthesize(text, voice, lang, speed) -> float32 samples``.
+Everything that runs torch, kokoro or misaki for synthesis lives here, so the daemon only
+ever sees ``Engine.synthesize(text, voice, lang, speed) -> float32 samples``.  Where the
+weights come from is :mod:`.models.sources`; the voices are :mod:`.voices`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -18,13 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .errors import (
-    DeviceUnavailableError,
-    ModelLoadError,
-    StartupError,
-    SynthesisError,
-    VoiceError,
-)
+from .errors import DeviceUnavailableError, ModelLoadError, SynthesisError, VoiceError
+from .models.sources import REPO_ID, ModelSource
+from .protocol import SAMPLE_RATE
+from .voices import VoiceTable
 
 log = logging.getLogger("kokoro_service.engine")
 
@@ -35,8 +32,6 @@ try:  # kokoro narrates every call through loguru at DEBUG; our own log lines sa
 except ImportError:  # pragma: no cover - kokoro depends on loguru
     pass
 
-REPO_ID = "hexgrad/Kokoro-82M"
-DEFAULT_VOICE = "af_sky"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # kokoro's own language codes; j and z need misaki extras that are not installed by default.
 LANG_CODES = ("a", "b", "e", "f", "h", "i", "p", "j", "z")
@@ -79,154 +74,6 @@ def probe_devices() -> tuple[bool, bool]:
     return torch.cuda.is_available(), bool(mps is not None and mps.is_available())
 
 
-# ------------------------------------------------------------------------ model sources
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSource:
-    """Where the weights come from: an explicit dir, the hub cache, or the embedded import."""
-
-    kind: str  # "model-dir" | "hub-cache" | "embedded"
-    path: Path
-    description: str
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def weights_path(self) -> Path:
-        pths = sorted(self.path.glob("*.pth"))
-        if not pths:
-            raise ModelLoadError(f"no .pth weights file in {self.path}")
-        return pths[0]
-
-    def voice_files(self) -> dict[str, Path]:
-        vdir = self.path / "voices"
-        return {p.stem: p for p in sorted(vdir.glob("*.pt"))} if vdir.is_dir() else {}
-
-
-def model_dir_source(model_dir: Path) -> ModelSource:
-    model_dir = model_dir.expanduser()
-    if not model_dir.is_dir():
-        raise ModelLoadError(f"--model-dir {model_dir} does not exist or is not a directory")
-    missing = [n for n in ("config.json",) if not (model_dir / n).is_file()]
-    if not list(model_dir.glob("*.pth")):
-        missing.append("*.pth")
-    if not list((model_dir / "voices").glob("*.pt")):
-        missing.append("voices/*.pt")
-    if missing:
-        raise ModelLoadError(f"--model-dir {model_dir} lacks {', '.join(missing)}")
-    return ModelSource("model-dir", model_dir, f"model dir {model_dir}")
-
-
-def hub_cache_source() -> ModelSource | None:
-    """The Kokoro-82M snapshot already in the local Hugging Face cache, if complete.
-
-    Only looks; never downloads (``kokoro-service download`` does that on request).
-    """
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - kokoro depends on it
-        return None
-    found = []
-    for name in ("config.json", "kokoro-v1_0.pth"):
-        hit = try_to_load_from_cache(REPO_ID, name)
-        if not isinstance(hit, str):
-            return None
-        found.append(Path(hit))
-    snapshot = found[0].parent
-    if not list((snapshot / "voices").glob("*.pt")):
-        return None
-    return ModelSource("hub-cache", snapshot, f"hub cache {snapshot}")
-
-
-def embedded_source(cache_dir: Path) -> ModelSource:
-    from .embedded import EMBEDDED_SOURCE_NAME, ensure_embedded_model
-
-    path = ensure_embedded_model(cache_dir, log=log)
-    return ModelSource("embedded", path, f"{EMBEDDED_SOURCE_NAME} imported into {path}")
-
-
-def resolve_source(model_dir: Path | None, cache_dir: Path) -> ModelSource:
-    """Precedence: ``--model-dir``, then hub weights already cached, then embedded."""
-    if model_dir is not None:
-        return model_dir_source(model_dir)
-    cached = hub_cache_source()
-    if cached is not None:
-        return cached
-    return embedded_source(cache_dir)
-
-
-# ------------------------------------------------------------------------------ voices
-
-
-def parse_voice_spec(spec: str) -> list[tuple[str, float]]:
-    """``"af_sky:0.7,af_bella:0.3"`` → ``[("af_sky", 0.7), ("af_bella", 0.3)]``."""
-    parts = [p.strip() for p in spec.split(",")]
-    if not spec.strip() or any(not p for p in parts):
-        raise VoiceError(f"malformed voice {spec!r}: expected name or name:weight,name:weight")
-    out: list[tuple[str, float]] = []
-    for part in parts:
-        name, sep, raw = part.partition(":")
-        name = name.strip()
-        weight = 1.0
-        if sep:
-            try:
-                weight = float(raw)
-            except ValueError:
-                raise VoiceError(f"malformed weight {raw!r} in voice {spec!r}") from None
-        if not name or not math.isfinite(weight) or weight <= 0:
-            raise VoiceError(f"malformed voice {spec!r}: weights must be positive numbers")
-        out.append((name, weight))
-    return out
-
-
-class VoiceTable:
-    """Loads each voice file once and builds (and caches) blends on request."""
-
-    def __init__(self, files: dict[str, Path]) -> None:
-        self._files = dict(files)
-        self._packs: dict[str, torch.Tensor] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._files)
-
-    def _load(self, name: str) -> torch.Tensor:
-        pack = self._packs.get(name)
-        if pack is None:
-            try:
-                loaded = torch.load(self._files[name], map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise VoiceError(f"voice file {self._files[name]} is unreadable: {exc}") from exc
-            if not isinstance(loaded, torch.Tensor) or loaded.dim() != 3 or loaded.shape[-1] != 256:
-                shape = getattr(loaded, "shape", type(loaded).__name__)
-                raise VoiceError(f"voice {name!r} has shape {shape}, expected [510, 1, 256]")
-            pack = loaded.float().contiguous()
-            self._packs[name] = pack
-        return pack
-
-    def get(self, spec: str) -> torch.Tensor:
-        with self._lock:
-            cached = self._packs.get(spec)
-            if cached is not None:
-                return cached
-            blend = parse_voice_spec(spec)
-            unknown = [n for n, _ in blend if n not in self._files]
-            if unknown:
-                raise VoiceError(
-                    f"unknown voice {', '.join(unknown)}; available: {', '.join(self.names)}"
-                )
-            if len(blend) == 1:
-                return self._load(blend[0][0])
-            total = sum(w for _, w in blend)
-            pack = sum((self._load(n) * (w / total) for n, w in blend), torch.zeros(1))
-            self._packs[spec] = pack
-            return pack
-
-
 # ------------------------------------------------------------------------------ engine
 
 
@@ -240,7 +87,7 @@ class Synthesis:
 
     @property
     def audio_seconds(self) -> float:
-        return 0.0 if self.audio is None else len(self.audio) / 24_000
+        return 0.0 if self.audio is None else len(self.audio) / SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +107,7 @@ class Engine:
     1. Load the weights once from a :class:`ModelSource` onto the chosen device.
     2. Turn a text segment into phonemes (serialised per language: G2P is not thread-safe)
        and run the model under ``inference_mode`` (concurrently: the model is read-only).
-    3. Resolve voice names and blends, each loaded once.
+    3. Hold the voice table (:mod:`.voices`) of the model's voice files.
     """
 
     def __init__(
@@ -299,30 +146,47 @@ class Engine:
             sum(p.numel() for p in self.model.parameters()) / 1e6,
             time.perf_counter() - t0,
         )
+        # Lock order: a language's building lock, then _pipelines_lock (held only briefly).
         self._pipelines: dict[str, object] = {}
         self._g2p_locks: dict[str, threading.Lock] = {}
+        self._building: dict[str, threading.Lock] = {}
+        self._failed: dict[str, str] = {}
         self._pipelines_lock = threading.Lock()
         self.pipeline(default_lang)
 
     # -- languages ---------------------------------------------------------------------
 
     def pipeline(self, lang: str) -> object:
-        """The quiet (G2P-only) KPipeline for ``lang``, created on first use."""
+        """The quiet (G2P-only) KPipeline for ``lang``, created on first use.
+
+        Building one loads a lexicon and a spaCy model (seconds).  Only callers asking for
+        that same language wait for it: calls speaking a loaded language never do.
+        """
         from kokoro import KPipeline
 
         lang = lang.strip().lower()
+        pipe = self._pipelines.get(lang)
+        if pipe is not None:
+            return pipe
+        if lang not in LANG_CODES:
+            raise VoiceError(f"unknown language {lang!r}; kokoro knows {', '.join(LANG_CODES)}")
         with self._pipelines_lock:
+            building = self._building.setdefault(lang, threading.Lock())
+        with building:
             pipe = self._pipelines.get(lang)
             if pipe is not None:
                 return pipe
-            if lang not in LANG_CODES:
-                raise VoiceError(f"unknown language {lang!r}; kokoro knows {', '.join(LANG_CODES)}")
+            failed = self._failed.get(lang)
+            if failed is not None:  # a peer repeating a broken language costs nothing more
+                raise VoiceError(failed)
             try:
                 pipe = KPipeline(lang_code=lang, repo_id=REPO_ID, model=False)
             except (ImportError, OSError, RuntimeError, ValueError) as exc:
-                raise VoiceError(f"language {lang!r} is unavailable here: {exc}") from exc
-            self._pipelines[lang] = pipe
-            self._g2p_locks[lang] = threading.Lock()
+                self._failed[lang] = f"language {lang!r} is unavailable here: {exc}"
+                raise VoiceError(self._failed[lang]) from exc
+            with self._pipelines_lock:
+                self._g2p_locks[lang] = threading.Lock()
+                self._pipelines[lang] = pipe
             return pipe
 
     # -- synthesis ---------------------------------------------------------------------
@@ -424,21 +288,3 @@ def _fold_weight_norm(model: torch.nn.Module) -> None:
         if hasattr(module, "weight_g") and hasattr(module, "weight_v"):
             with contextlib.suppress(ValueError):
                 torch.nn.utils.remove_weight_norm(module)
-
-
-def load_engine(
-    *,
-    model_dir: Path | None,
-    cache_dir: Path,
-    device: str,
-    lang: str,
-    torch_threads: int | None,
-) -> Engine:
-    """Resolve the source and build the engine; every failure is a StartupError."""
-    try:
-        source = resolve_source(model_dir, cache_dir)
-        return Engine(source, device=device, default_lang=lang, torch_threads=torch_threads)
-    except StartupError:
-        raise
-    except VoiceError as exc:
-        raise StartupError(str(exc)) from exc

@@ -12,7 +12,15 @@ class KokoroServiceError(Exception):
 
 
 class ConfigError(KokoroServiceError):
-    """A setting is invalid (bad port, unknown device, malformed value)."""
+    """A setting is invalid (bad port, unknown device, malformed value).
+
+    ``setting`` names the :class:`~kokoro_service.config.Settings` field at fault, so the
+    CLI can name the option and its environment variable.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class StartupError(KokoroServiceError):

@@ -2,27 +2,25 @@
 
 A call's audio goes back on its text connection unless an audio processor has registered
 the call (``REGISTER:<N>``), in which case it goes to ``sink_host:(sink_port_base + N)``.
-Every destination has its own writer thread and bounded queue, so a peer that reads slowly
-or never stalls only itself.  Chunk ids are numbered per call across destinations.
+Every destination has its own writer (:mod:`.writers`), so a peer that reads slowly or
+never stalls only itself.  Chunk ids are numbered per call across destinations.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import DestinationError
-from .protocol import END_FRAME, audio_payload, encode_audio_header, encode_hello
+from .protocol import END_FRAME
+from .writers import AudioItem, FrameWriter, Item, RawItem, SinkWriter
 
 log = logging.getLogger("kokoro_service.routing")
 
@@ -74,280 +72,6 @@ class Registry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._ids)
-
-
-# ------------------------------------------------------------------------------ writers
-
-
-@dataclass(slots=True)
-class AudioItem:
-    chunk_id: int
-    samples: npt.NDArray[np.float32]
-
-
-@dataclass(slots=True)
-class RawItem:
-    data: bytes
-    label: str
-
-
-Item = AudioItem | RawItem
-
-
-class FrameWriter:
-    """Sends one destination's frames from its own thread, through a bounded queue.
-
-    Responsibilities: own the socket's sending side; send each frame whole, header and
-    samples without copying the samples; give up on a peer that makes no progress for
-    ``write_timeout`` seconds; report a failure once, with the frames it could not send;
-    close the socket after the last frame when asked to finish.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        write_timeout: float,
-        on_failure: Callable[[FrameWriter, str, list[Item]], None],
-        on_progress: Callable[[], None],
-        sock: socket.socket | None = None,
-    ) -> None:
-        self.name = name
-        self._sock = sock
-        self._write_timeout = write_timeout
-        self._on_failure = on_failure
-        self._on_progress = on_progress
-        self._queue: collections.deque[Item] = collections.deque()
-        self._cond = threading.Condition()
-        self._finishing = False
-        self._aborted = False
-        self.failed = False
-        self._thread = threading.Thread(target=self._run, name=f"writer:{name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        """Accepting frames: not failed, aborted or finishing."""
-        with self._cond:
-            return not (self.failed or self._aborted or self._finishing)
-
-    @property
-    def queued_audio(self) -> int:
-        with self._cond:
-            return sum(1 for item in self._queue if isinstance(item, AudioItem))
-
-    def offer(self, item: Item) -> bool:
-        with self._cond:
-            if self.failed or self._aborted or self._finishing:
-                return False
-            self._queue.append(item)
-            self._cond.notify()
-            return True
-
-    def offer_all(self, items: list[Item]) -> bool:
-        with self._cond:
-            if self.failed or self._aborted or self._finishing:
-                return False
-            self._queue.extend(items)
-            self._cond.notify()
-            return True
-
-    def purge_audio(self) -> int:
-        """Drop queued AUDIO frames (barge-in); a frame already on the wire completes."""
-        with self._cond:
-            kept = [item for item in self._queue if not isinstance(item, AudioItem)]
-            dropped = len(self._queue) - len(kept)
-            self._queue = collections.deque(kept)
-            return dropped
-
-    def finish(self) -> None:
-        """Send what is queued, then close."""
-        with self._cond:
-            self._finishing = True
-            self._cond.notify()
-
-    def abort(self) -> None:
-        """Stop now and close; queued frames are dropped."""
-        with self._cond:
-            self._aborted = True
-            self._queue.clear()
-            self._cond.notify()
-        sock = self._sock
-        if sock is not None:
-            _shutdown(sock)
-
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread.ident is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    # -- thread ------------------------------------------------------------------------
-
-    def _connect(self) -> socket.socket:
-        """Return the socket to send on; sink writers override this to dial out."""
-        if self._sock is None:
-            raise DestinationError("no socket")
-        return self._sock
-
-    def _preamble(self) -> bytes:
-        return b""
-
-    def _run(self) -> None:
-        sock: socket.socket | None = None
-        try:
-            sock = self._connect()
-            self._sock = sock
-            sock.settimeout(self._write_timeout)
-            preamble = self._preamble()
-            if preamble:
-                self._send(sock, [memoryview(preamble)])
-            while True:
-                with self._cond:
-                    while not self._queue and not self._finishing and not self._aborted:
-                        self._cond.wait()
-                    if self._aborted or (not self._queue and self._finishing):
-                        break
-                    item = self._queue.popleft()
-                try:
-                    self._send_item(sock, item)
-                except DestinationError:
-                    with self._cond:
-                        self._queue.appendleft(item)
-                    raise
-                self._on_progress()
-        except DestinationError as exc:
-            self._fail(str(exc))
-        except Exception as exc:  # never let a writer thread die silently
-            log.exception("writer=%s crashed", self.name)
-            self._fail(f"internal error: {exc}")
-        finally:
-            if sock is not None:
-                if self.failed or self._aborted:
-                    _shutdown(sock)
-                else:
-                    # FIN only: the peer reads every byte before it sees the close.  A
-                    # full shutdown here could turn into a reset that discards them.
-                    _close_after_fin(sock)
-            self._on_progress()
-
-    def _fail(self, reason: str) -> None:
-        with self._cond:
-            if self._aborted:
-                return
-            self.failed = True
-            unsent = list(self._queue)
-            self._queue.clear()
-        self._on_failure(self, reason, unsent)
-
-    def _send_item(self, sock: socket.socket, item: Item) -> None:
-        if isinstance(item, RawItem):
-            self._send(sock, [memoryview(item.data)])
-            return
-        payload = audio_payload(item.samples)
-        header = encode_audio_header(payload.nbytes, item.chunk_id)
-        self._send(sock, [memoryview(header), payload])
-
-    def _send(self, sock: socket.socket, buffers: list[memoryview]) -> None:
-        """Send every byte; fail when the peer accepts nothing for ``write_timeout``."""
-        pending = [b for b in buffers if b.nbytes]
-        while pending:
-            if self._aborted:
-                raise DestinationError("aborted")
-            try:
-                sent = sock.sendmsg(pending)
-            except TimeoutError:
-                raise DestinationError(
-                    f"peer accepted no data for {self._write_timeout:g}s (not reading)"
-                ) from None
-            except OSError as exc:
-                raise DestinationError(f"send failed: {exc.strerror or exc}") from None
-            while sent and pending:
-                head = pending[0]
-                if sent >= head.nbytes:
-                    sent -= head.nbytes
-                    pending.pop(0)
-                else:
-                    pending[0] = head[sent:]
-                    sent = 0
-
-
-class SinkWriter(FrameWriter):
-    """Writer to an audio processor: dials ``host:port`` with backoff, then sends HELLO."""
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        call_id: str,
-        host: str,
-        port: int,
-        attempts: int,
-        backoff: float,
-        write_timeout: float,
-        on_failure: Callable[[FrameWriter, str, list[Item]], None],
-        on_progress: Callable[[], None],
-    ) -> None:
-        super().__init__(
-            name, write_timeout=write_timeout, on_failure=on_failure, on_progress=on_progress
-        )
-        self.call_id = call_id
-        self.host = host
-        self.port = port
-        self._attempts = attempts
-        self._backoff = backoff
-
-    def _connect(self) -> socket.socket:
-        delay = self._backoff
-        last = ""
-        for attempt in range(1, self._attempts + 1):
-            if self._aborted:
-                raise DestinationError("aborted")
-            try:
-                sock = socket.create_connection((self.host, self.port), timeout=self._write_timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                log.info(
-                    "sink connected call=%s sink=%s:%d attempt=%d",
-                    self.call_id,
-                    self.host,
-                    self.port,
-                    attempt,
-                )
-                return sock
-            except OSError as exc:
-                last = exc.strerror or str(exc)
-                log.warning(
-                    "sink connect failed call=%s sink=%s:%d attempt=%d/%d: %s",
-                    self.call_id,
-                    self.host,
-                    self.port,
-                    attempt,
-                    self._attempts,
-                    last,
-                )
-            if attempt < self._attempts:
-                time.sleep(delay)
-                delay *= 2
-        raise DestinationError(f"cannot connect to sink {self.host}:{self.port}: {last}")
-
-    def _preamble(self) -> bytes:
-        return encode_hello(self.call_id)
-
-
-def _close_after_fin(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
 
 
 # ------------------------------------------------------------------------------ calls
@@ -469,11 +193,18 @@ class CallRoute:
             return self._chunk_id
 
     def purge(self) -> int:
+        """Drop every queued AUDIO frame; return how many.
+
+        The dropped frames never reach the peer, so their chunk ids are given again: the
+        ids a peer sees still rise by 1 with every AUDIO frame (docs/protocol.md).
+        """
         with self._lock:
             dropped = self.text.purge_audio()
             if self.sink is not None:
                 dropped += self.sink.purge_audio()
-            return dropped
+            if dropped:
+                self._chunk_id = min(dropped) - 1
+            return len(dropped)
 
     def end(self) -> None:
         """Send END everywhere the call has a live destination, then close them."""

@@ -112,6 +112,30 @@ class Scheduler:
         with self._cond:
             return work.generation
 
+    def idle(self, work: CallWork) -> bool:
+        """Whether ``work`` has nothing queued and nothing in flight."""
+        with self._cond:
+            return work.idle
+
+    def finish(self, work: CallWork) -> int | None:
+        """Finish ``work`` now, dropping what it has queued (shutdown past the drain).
+
+        Returns the segments dropped, or None when the call was already finished.  Only
+        one caller ever finishes a call: a worker finishing the segment in flight at the
+        same moment gets ``finished=False`` from :meth:`done`, so the call ends once.
+        """
+        with self._cond:
+            work.input_closed = True
+            if work.finished:
+                return None
+            work.finished = True
+            dropped = len(work.pending)
+            work.pending.clear()
+            work.pending_chars = 0
+            work.generation += 1
+            self._cond.notify_all()
+            return dropped
+
     def close_input(self, work: CallWork) -> bool:
         """No more text will come; return True if the call is finished right now."""
         with self._cond:

@@ -17,12 +17,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kokoro_service.checkpoint import build_random_checkpoint
 from kokoro_service.client import Reply
 from kokoro_service.config import Settings
-from kokoro_service.engine import Engine, model_dir_source
+from kokoro_service.engine import Engine
+from kokoro_service.models.checkpoint import build_random_checkpoint
+from kokoro_service.models.sources import model_dir_source
 from kokoro_service.protocol import AudioStreamDecoder, End, ServerFrame
-from kokoro_service.segmenter import SegmenterConfig
 from kokoro_service.server import Server
 
 TEST_TIMEOUT = 60.0
@@ -58,7 +58,7 @@ def daemon(engine: Engine, tmp_path: Path) -> Iterator[DaemonFactory]:
             warmup=False,
             # Sentence mode cuts the same segments however the text is buffered, so tests
             # can predict every frame's length; load-dependent growth has its own tests.
-            segmenter=SegmenterConfig(growth=0),
+            segment_growth=0,
         )
         settings = dataclasses.replace(base, **overrides)
         server = Server(settings, engine, voice=overrides.pop("voice", None) or "af_sky")

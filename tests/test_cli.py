@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -44,15 +46,35 @@ def test_serve_help_documents_every_option_with_its_env_var() -> None:
     ("env", "message"),
     [
         ({"KOKORO_TCP_PORT": "abc"}, "'abc' is not a valid integer"),
-        ({"KOKORO_UDP_PORT": "70000"}, "70000 is not a port"),
-        ({"KOKORO_SPEED": "9"}, "9.0 is not in the range 0.5<=x<=2.0"),
+        ({"KOKORO_UDP_PORT": "70000"}, "'--udp-port' / KOKORO_UDP_PORT: 70000 is not in 0..65535"),
+        ({"KOKORO_SPEED": "9"}, "'--speed' / KOKORO_SPEED: 9.0 is not in 0.5..2"),
         ({"KOKORO_ALLOW": "10.0.0.0/33"}, "not an address or CIDR"),
+        ({"KOKORO_DEVICE": "gpu"}, "KOKORO_DEVICE: 'gpu' is not one of auto, cpu, cuda"),
+        ({"KOKORO_WORKERS": "0"}, "'--workers' / KOKORO_WORKERS: 0 is not in 1..64"),
+        ({"KOKORO_LOG_LEVEL": "loud"}, "'loud' is not one of"),
     ],
 )
 def test_bad_environment_values_fail_clearly(env: dict[str, str], message: str) -> None:
     result = CliRunner().invoke(main, ["serve"], env=env)
-    assert result.exit_code in (2, 3)
-    assert message in (result.output + str(result.exception or "")), result.output
+    assert result.exit_code == 2
+    assert message in result.output, result.output
+
+
+def test_every_serve_option_is_a_settings_field() -> None:
+    """One source of truth: each option maps to a Settings field with the same default."""
+    import dataclasses
+
+    from kokoro_service.cli import serve
+    from kokoro_service.config import Settings, cli_fields
+
+    params = {p.name: p for p in serve.params if p.name != "help"}
+    fields = {f.name: f for f in cli_fields()}
+    assert set(params) == set(fields)
+    plain = Settings()
+    for name, param in params.items():
+        if param.default is not None:
+            assert param.default == getattr(plain, name), name
+    assert {f.name for f in dataclasses.fields(Settings)} - set(fields) == {"segment_growth"}
 
 
 def _run(
@@ -89,18 +111,20 @@ def test_missing_model_dir_fails_startup(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("env", "code", "message"),
     [
-        ({"KOKORO_TCP_PORT": "99999"}, "KOKORO_TCP_PORT='99999' is not a port"),
-        ({"KOKORO_UDP_PORT": "x1"}, "KOKORO_UDP_PORT='x1' is not a port"),
-        ({"KOKORO_DEVICE": "gpu"}, "KOKORO_DEVICE='gpu' is not one of"),
-        ({"KOKORO_MODEL_DIR": "/nonexistent/dir"}, "is not a directory"),
+        ({"KOKORO_TCP_PORT": "99999"}, 2, "KOKORO_TCP_PORT: 99999 is not in 0..65535"),
+        ({"KOKORO_UDP_PORT": "x1"}, 2, "'x1' is not a valid integer"),
+        ({"KOKORO_DEVICE": "gpu"}, 2, "KOKORO_DEVICE: 'gpu' is not one of"),
+        ({"KOKORO_MODEL_DIR": "/nonexistent/dir"}, 3, "does not exist or is not a directory"),
     ],
 )
-def test_launcher_rejects_bad_values(env: dict[str, str], message: str) -> None:
+def test_launcher_rejects_bad_values(env: dict[str, str], code: int, message: str) -> None:
+    """The launcher leaves every check to the daemon, which answers before loading."""
     proc = _run([str(ROOT / "start-kokoro.sh")], env=env, timeout=30)
-    assert proc.returncode == 2
+    assert proc.returncode == code
     assert message in proc.stderr
+    assert "model loaded" not in proc.stderr
 
 
 def test_launcher_execs_the_daemon() -> None:
@@ -112,33 +136,46 @@ def test_launcher_execs_the_daemon() -> None:
 
 
 class Daemon:
-    """``kokoro-service serve`` as a child process on ephemeral ports."""
+    """``kokoro-service serve`` as a child process on ephemeral ports.
 
-    def __init__(self, args: list[str]) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    Ready when its ``--ready-file`` appears (the ports come from it), never from a log line;
+    stderr is kept for assertions on what an operator reads.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.ready_file = Path(tempfile.mkdtemp(prefix="kokoro-ready-")) / "ready.json"
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--tcp-port", "0", "--udp-port", "0", *args],
+            [
+                str(BIN),
+                "serve",
+                "--tcp-port",
+                "0",
+                "--udp-port",
+                "0",
+                "--ready-file",
+                str(self.ready_file),
+                *args,
+            ],
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=full_env,
         )
         self.lines: list[str] = []
-        self.port = 0
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if not wait_for(lambda: self.port != 0 or self.proc.poll() is not None, 180):
+        if not wait_for(lambda: self.ready_file.exists() or self.proc.poll() is not None, 180):
             raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
-        if self.port == 0:
+        if not self.ready_file.exists():
             raise RuntimeError("daemon exited:\n" + "".join(self.lines))
+        self.ready = json.loads(self.ready_file.read_text())
+        self.port = int(self.ready["tcp"]["port"])
 
     def _read(self) -> None:
         if self.proc.stderr is None:
             return
         for line in self.proc.stderr:
             self.lines.append(line)
-            m = re.search(r"listening tcp=127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
 
     def log(self) -> str:
         return "".join(self.lines)
@@ -192,8 +229,38 @@ def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) 
     )
     assert "device cpu (requested auto" in process.log()
     assert re.search(r"utterance call=42 segments=\d+ synth_s=\S+ audio_s=\S+ rtf=", process.log())
+    ready = process.ready
+    assert ready["pid"] == process.proc.pid and ready["device"] == "cpu"
+    assert ready["model_source"] == "model-dir" and ready["voice"] == "af_sky"
+    assert ready["rtf"] > 0 and ready["calls_in_real_time"] > 0
     assert process.stop() == 0
     assert "stopped drained=True" in process.log()
+    assert not process.ready_file.exists(), "a stopped daemon withdraws its ready file"
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(tiny_dir: Path, tmp_path: Path) -> None:
+    """Type=notify: READY=1 once serving (the ready file exists by then), WATCHDOG=1 pings
+    while serving, STOPPING=1 when the drain starts."""
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(address)
+        manager.settimeout(TEST_TIMEOUT * 3)
+        d = Daemon(
+            ["--model-dir", str(tiny_dir), "--no-warmup"],
+            env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"},
+        )
+        try:
+            messages = [manager.recv(4096).decode()]
+            assert messages[0].startswith("READY=1\nSTATUS=serving on 127.0.0.1:")
+            assert d.ready_file.exists()
+            messages.append(manager.recv(4096).decode())
+            assert messages[-1] == "WATCHDOG=1"
+            assert d.stop() == 0
+            while not messages[-1].startswith("STOPPING=1"):
+                messages.append(manager.recv(4096).decode())
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
 
 
 def test_sigterm_under_load_drains_and_sends_end(process: Daemon) -> None:

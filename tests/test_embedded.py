@@ -18,8 +18,8 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from kokoro_service import embedded
 from kokoro_service.errors import ModelImportError
+from kokoro_service.models import embedded, onnx_import
 
 SAMPLE_RATE = 24000
 EQUIVALENCE_VOICE = "jf_alpha"
@@ -222,7 +222,7 @@ def test_weight_norm_unfolding_reconstructs_weight() -> None:
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(4, 3, 5)).astype(np.float32)
     weight[2] = 0.0  # an all-zero output channel must not turn into NaN
-    builder = embedded._StateBuilder({"m.weight_g": (4, 1, 1), "m.weight_v": (4, 3, 5)})
+    builder = onnx_import._StateBuilder({"m.weight_g": (4, 1, 1), "m.weight_v": (4, 3, 5)})
     builder.put_weight("m", weight, "test")
     rebuilt = torch._weight_norm(
         torch.from_numpy(builder.values["m.weight_v"]),

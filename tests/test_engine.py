@@ -11,21 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from kokoro_service.checkpoint import build_random_checkpoint
-from kokoro_service.engine import (
-    Engine,
-    model_dir_source,
-    parse_voice_spec,
-    resolve_source,
-    select_device,
-)
+from kokoro_service.engine import Engine, select_device
 from kokoro_service.errors import (
     DeviceUnavailableError,
     ModelLoadError,
     StartupError,
     VoiceError,
 )
-from kokoro_service.server import choose_voice
+from kokoro_service.models.checkpoint import build_random_checkpoint
+from kokoro_service.models.sources import model_dir_source, resolve_source
+from kokoro_service.voices import choose_voice, parse_voice_spec
 
 # --------------------------------------------------------------------------- devices
 
@@ -80,16 +75,16 @@ def test_unknown_voice(engine: Engine) -> None:
 
 
 def test_default_voice_substitution_only_for_builtin_default(engine: Engine) -> None:
-    assert choose_voice(engine, None) == "af_sky"
-    assert choose_voice(engine, "am_adam") == "am_adam"
+    assert choose_voice(engine.voices, None, engine.source.description) == "af_sky"
+    assert choose_voice(engine.voices, "am_adam", engine.source.description) == "am_adam"
     with pytest.raises(StartupError, match="voice 'nobody'"):
-        choose_voice(engine, "nobody")
+        choose_voice(engine.voices, "nobody", engine.source.description)
 
 
 def test_builtin_default_is_substituted_with_a_log(tmp_path: Path) -> None:
     src = build_random_checkpoint(tmp_path / "ck", voices=("jm_kumo", "jf_alpha"))
     eng = Engine(model_dir_source(src))
-    assert choose_voice(eng, None) == "jm_kumo"
+    assert choose_voice(eng.voices, None, eng.source.description) == "jm_kumo"
 
 
 def test_unknown_language_is_a_voice_error(engine: Engine) -> None:

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from kokoro_service import embedded
 from kokoro_service.client import speak
 from kokoro_service.config import Settings
-from kokoro_service.engine import Engine, resolve_source
-from kokoro_service.server import Server, choose_voice
+from kokoro_service.daemon import load_off_main_thread
+from kokoro_service.models import embedded
+from kokoro_service.protocol import SAMPLE_RATE
+from kokoro_service.server import Server
 
 from .asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
 from .conftest import TEST_TIMEOUT
@@ -21,14 +22,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     cache = tmp_path_factory.getbasetemp() / "embedded-model-cache"
-    embedded.ensure_embedded_model(cache)
-    source = resolve_source(None, cache)  # no model dir, no hub cache: the embedded import
-    assert source.kind == "embedded"
-    engine = Engine(source, device="cpu")
-    voice = choose_voice(engine, None)  # af_sky is not embedded: the logged substitute
-    assert voice == "jm_kumo"
-    engine.warm_up(voice, "a")
-    settings = Settings(tcp_port=0, udp_port=0, cache_dir=cache, warmup=False, workers=2)
+    # The daemon's own loader: no model dir, no hub cache, so the embedded import.
+    settings = Settings(tcp_port=0, udp_port=0, cache_dir=cache, workers=2, device="cpu")
+    loaded = load_off_main_thread(settings)
+    assert loaded.engine.source.kind == "embedded"
+    assert loaded.voice == "jm_kumo"  # af_sky is not embedded: the logged substitute
+    assert loaded.warm is not None and loaded.warm.rtf > 0
+    engine, voice = loaded.engine, loaded.voice
     server = Server(settings, engine, voice=voice)
     server.start()
     return server
@@ -46,7 +46,7 @@ def test_daemon_speech_is_intelligible(real_server: Server) -> None:
         reply = replies[i]
         assert reply.ended
         assert reply.chunk_ids == list(range(1, len(reply.chunks) + 1))
-        heard = transcribe(reply.audio(), 24_000)
+        heard = transcribe(reply.audio(), SAMPLE_RATE)
         print(f"[{i:2d}] said : {sentence}\n     heard: {heard}")
         pairs.append((sentence, heard))
     wer = corpus_word_error_rate(pairs)

@@ -13,8 +13,10 @@ import pytest
 from kokoro_service.client import Connection, Reply, speak
 from kokoro_service.engine import Engine
 from kokoro_service.protocol import (
+    Control,
     End,
     encode_bye,
+    encode_control,
     encode_hello,
     encode_register,
     encode_text,
@@ -296,6 +298,31 @@ def test_cancel_drops_pending_audio(
     assert len(reply.chunks) - len(after) <= 1 + 2 + 3
 
 
+def test_cancel_of_queued_frames_keeps_chunk_ids_contiguous(
+    daemon: DaemonFactory, engine: Engine
+) -> None:
+    """Frames dropped from the queue by a cancel never reach the peer, so the frames
+    after it continue the numbering where the peer's last frame left it."""
+    server = daemon(queue_frames=3)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a peer that reads nothing
+        s.connect(server.tcp_address)
+        s.sendall(encode_hello("502") + encode_text(" ".join(SENTENCES * 8)))
+
+        def queue_full() -> bool:
+            call = server.calls.get("502")
+            return call is not None and call.route.text.queued_audio >= 3
+
+        assert wait_for(queue_full)
+        s.sendall(
+            encode_control(Control(cancel=True)) + encode_text("After the barge in.") + encode_bye()
+        )
+        reply = read_reply(s)
+    assert_clean_reply(reply)  # chunk ids 1, 2, 3 ... without a gap
+    after = expected_lengths(engine, ["After the barge in."])
+    assert lengths(reply)[-len(after) :] == after
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -487,7 +514,7 @@ def test_turn_without_punctuation_is_spoken_when_the_llm_goes_quiet(
 
 def test_growing_segments_under_load(daemon: DaemonFactory) -> None:
     """The default (growth) segmenter: several calls at once still get every frame in order."""
-    server = daemon(segmenter=SegmenterConfig(), workers=2)
+    server = daemon(segment_growth=2.0, workers=2)
     text = " ".join(SENTENCES)
     replies: dict[str, Reply] = {}
 

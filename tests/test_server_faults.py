@@ -18,7 +18,8 @@ import torch
 
 from kokoro_service.client import Connection, speak
 from kokoro_service.config import parse_networks
-from kokoro_service.engine import Engine, model_dir_source
+from kokoro_service.engine import Engine
+from kokoro_service.models.sources import model_dir_source
 from kokoro_service.protocol import (
     encode_bye,
     encode_hello,
@@ -26,7 +27,6 @@ from kokoro_service.protocol import (
     encode_text,
     encode_unregister,
 )
-from kokoro_service.segmenter import SegmenterConfig
 from kokoro_service.server import Server
 
 from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, read_reply, wait_for
@@ -152,7 +152,7 @@ def test_bye_and_register_are_idempotent(daemon: DaemonFactory, logs: LogCapture
 
 
 def test_peers_outside_allow_are_refused(daemon: DaemonFactory, logs: LogCapture) -> None:
-    server = daemon(allow=parse_networks(["127.0.0.1/32"]), host="127.0.0.1")
+    server = daemon(allow=parse_networks("127.0.0.1/32"), host="127.0.0.1")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.2", 0))
         s.sendto(encode_register("15"), server.udp_address)
@@ -219,7 +219,7 @@ def test_failure_inside_one_segment_is_logged_and_the_call_goes_on(
     eng = Engine(model_dir_source(broken))
     from kokoro_service.config import Settings
 
-    settings = Settings(tcp_port=0, udp_port=0, warmup=False, segmenter=SegmenterConfig(growth=0))
+    settings = Settings(tcp_port=0, udp_port=0, warmup=False, segment_growth=0)
     server = Server(settings, eng, voice="af_sky")
     server.start()
     try:

@@ -43,6 +43,8 @@ def test_units_have_the_required_hardening(unit: str, name: str) -> None:
         "CacheDirectory=kokoro-service",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "DynamicUser=yes",
+        "Type=notify",
+        "NotifyAccess=main",
         "ExecStart=/opt/kokoro-service/.venv/bin/kokoro-service serve",
     ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line

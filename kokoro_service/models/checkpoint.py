@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .embedded import KOKORO_82M_CONFIG
+from .sources import KOKORO_82M_CONFIG, REPO_ID
 
 # The published Kokoro-82M hyperparameters, shared with the embedded importer's checks.
 FULL_CONFIG: dict[str, Any] = KOKORO_82M_CONFIG
@@ -86,7 +86,7 @@ def build_random_checkpoint(
         torch.save({}, empty)  # KModel then keeps torch's own random initialisation
         config_path = out_dir / "config.json"
         config_path.write_text(json.dumps(config, ensure_ascii=False, indent=1), "utf-8")
-        model = KModel(repo_id="hexgrad/Kokoro-82M", config=str(config_path), model=str(empty))
+        model = KModel(repo_id=REPO_ID, config=str(config_path), model=str(empty))
     with torch.no_grad():
         proj = model.predictor.duration_proj.linear_layer
         proj.weight.mul_(0.01)

@@ -1,0 +1,407 @@
+"""The call lifecycle: the call table, and what each event does to a call.
+
+Events come from a connection (HELLO, TEXT, CONTROL, quiet, input closed), from the UDP
+registrar (REGISTER, BYE), from a route (no destination left) and from the workers (a
+segment synthesized).  Each is one method here.
+
+Lock order, for the whole daemon: ``Calls._lock`` and a ``Call.lock`` are never held
+together; either may be held while taking the scheduler's lock, ``Pacing``'s lock or a
+route's lock, and those take none of the former.  A call is ended exactly once: only the
+thread to which the scheduler reports the call finished ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import Settings
+from .engine import Engine
+from .errors import VoiceError
+from .pacing import Pacing
+from .protocol import SAMPLE_RATE, Control
+from .routing import CallRoute, Registry
+from .scheduler import CallWork, Scheduler, Segment
+from .segmenter import Segmenter
+
+log = logging.getLogger("kokoro_service.calls")
+
+# Reasons a call's input closes that are the normal course of things, logged at INFO.
+_ORDINARY_CLOSES = ("BYE", "closed without BYE", "daemon shutting down")
+
+
+@dataclass(eq=False)
+class Call:
+    """A live call: its settings, segmenter, scheduler entry, audio route and counters."""
+
+    call_id: str
+    peer: str
+    route: CallRoute
+    work: CallWork
+    voice: str
+    lang: str
+    speed: float
+    segmenter: Segmenter
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    segments: int = 0
+    synth_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    utterance_started: float = field(default_factory=time.monotonic)
+    playback_start: float | None = None
+    drained: bool = True
+    input_closed: bool = False
+    end_reason: str = ""
+
+
+class Calls:
+    """Owns the call table and applies every call event.
+
+    Responsibilities: open a call (refusing a call_id in use) and give it a route; accept
+    its text within ``max_pending_chars`` and cut segments only when a worker needs one;
+    apply CONTROL (voice, lang, speed, cancel); deliver synthesized audio in order; end
+    the call once, with END, when its input is closed and its work is done.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        voice: str,
+        scheduler: Scheduler,
+        registry: Registry,
+        pacing: Pacing,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.voice = voice
+        self.scheduler = scheduler
+        self.registry = registry
+        self.pacing = pacing
+        self._lock = threading.Lock()
+        self._calls: dict[str, Call] = {}
+        self._by_work: dict[int, Call] = {}
+        self._ending: list[Call] = []
+        self.opened = 0
+        self.ended = 0
+
+    # ------------------------------------------------------------------ the table
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._calls)
+
+    def get(self, call_id: str) -> Call | None:
+        with self._lock:
+            return self._calls.get(call_id)
+
+    def for_work(self, work: CallWork) -> Call | None:
+        with self._lock:
+            return self._by_work.get(id(work))
+
+    def live(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls.values())
+
+    # ------------------------------------------------------------------ connection events
+
+    def open(self, call_id: str, peer: str, conn: socket.socket) -> Call | None:
+        """HELLO: a new call whose audio goes back on ``conn`` until a sink registers."""
+        s = self.settings
+        with self._lock:
+            other = self._calls.get(call_id)
+            if other is not None:
+                log.warning(
+                    "call refused peer=%s call=%s: call_id already in use by peer=%s",
+                    peer,
+                    call_id,
+                    other.peer,
+                )
+                return None
+            route = CallRoute(
+                call_id,
+                peer,
+                conn.dup(),
+                sink_host=s.sink_host,
+                sink_port_base=s.sink_port_base,
+                write_timeout=s.write_timeout,
+                sink_attempts=s.sink_connect_attempts,
+                sink_backoff=s.sink_connect_backoff,
+                on_progress=self.scheduler.notify,
+                on_dead=self.route_dead,
+            )
+            bound = s.queue_frames
+            work = CallWork(call_id, has_room=lambda: route.has_room(bound))
+            call = Call(
+                call_id=call_id,
+                peer=peer,
+                route=route,
+                work=work,
+                voice=self.voice,
+                lang=s.lang,
+                speed=s.speed,
+                segmenter=Segmenter(s.segmenter),
+            )
+            self._calls[call_id] = call
+            self._by_work[id(work)] = call
+            self.opened += 1
+            self.scheduler.add(work)
+        registered = call_id in self.registry
+        log.info("call started call=%s peer=%s registered=%s", call_id, peer, registered)
+        if registered:
+            route.attach_sink()
+        return call
+
+    def text(self, call: Call, text: str) -> None:
+        """TEXT: buffer it, refusing what would exceed ``max_pending_chars``."""
+        s = self.settings
+        with call.lock:
+            backlog = call.segmenter.pending_chars + self.scheduler.pending_chars(call.work)
+            if backlog + len(text) > s.max_pending_chars:
+                log.warning(
+                    "text refused call=%s peer=%s: %d chars pending, limit max_pending_chars=%d; "
+                    "dropped a TEXT frame of %d chars",
+                    call.call_id,
+                    call.peer,
+                    backlog,
+                    s.max_pending_chars,
+                    len(text),
+                )
+                return
+            if call.drained and call.segmenter.pending_chars == 0:
+                call.segmenter.start_utterance()
+            call.segmenter.append(text)
+            self._refill(call)
+
+    def control(self, call: Call, ctl: Control) -> None:
+        """CONTROL: cancel first, then voice, lang and speed for the text that follows.
+
+        A voice is only validated here; its pack (a blend included) is built when a
+        segment is synthesized, in the voice table's bounded cache.
+        """
+        with call.lock:
+            if ctl.cancel:
+                t0 = time.monotonic()
+                call.segmenter.reset()
+                dropped, _ = self.scheduler.cancel(call.work)
+                frames = call.route.purge()
+                log.info(
+                    "cancel call=%s peer=%s dropped_segments=%d dropped_frames=%d took_ms=%.1f",
+                    call.call_id,
+                    call.peer,
+                    dropped,
+                    frames,
+                    (time.monotonic() - t0) * 1e3,
+                )
+            if ctl.voice is not None:
+                try:
+                    self.engine.voices.check(ctl.voice)
+                    call.voice = ctl.voice
+                    log.debug("voice set call=%s voice=%s", call.call_id, ctl.voice)
+                except VoiceError as exc:
+                    self._refused(call, "voice", exc, call.voice)
+            if ctl.speed is not None:
+                call.speed = ctl.speed
+        if ctl.lang is not None:
+            # Outside the call's lock: loading a language takes seconds, and the workers
+            # need that lock to deliver this call's audio meanwhile.
+            try:
+                self.engine.pipeline(ctl.lang)
+            except VoiceError as exc:
+                self._refused(call, "lang", exc, call.lang)
+            else:
+                with call.lock:
+                    call.lang = ctl.lang.strip().lower()
+                log.debug("lang set call=%s lang=%s", call.call_id, call.lang)
+
+    @staticmethod
+    def _refused(call: Call, what: str, exc: Exception, kept: str) -> None:
+        log.warning(
+            "%s refused call=%s peer=%s: %s; keeping %s", what, call.call_id, call.peer, exc, kept
+        )
+
+    def flush_quiet(self, call: Call, *, whole_words_only: bool) -> None:
+        """The LLM went quiet mid-sentence: speak what it sent rather than wait for more."""
+        with call.lock:
+            if not self.scheduler.idle(call.work):
+                return  # text is still being taken segment by segment; nothing is stuck
+            first = call.segmenter.at_utterance_start
+            segments = call.segmenter.flush(keep_partial_word=whole_words_only)
+            if segments:
+                log.debug("quiet flush call=%s segments=%d", call.call_id, len(segments))
+            self._submit(call, segments, first=first)
+
+    def close_input(self, call: Call, reason: str) -> None:
+        """BYE, a close, an error or shutdown: no more text; speak what is owed, then END."""
+        with call.lock:
+            call.end_reason = reason
+            call.input_closed = True
+            self._refill(call)
+            finished = self.scheduler.close_input(call.work)
+        level = logging.INFO if reason in _ORDINARY_CLOSES else logging.WARNING
+        log.log(
+            level, "call input closed call=%s peer=%s reason=%s", call.call_id, call.peer, reason
+        )
+        if finished:
+            self._end(call, reason)
+
+    # ------------------------------------------------------------------ route events
+
+    def route_dead(self, route: CallRoute) -> None:
+        """No destination can take the call's audio any more: drop its pending work."""
+        call = self.get(route.call_id)
+        if call is None or call.route is not route:
+            return
+        with call.lock:
+            dropped, _ = self.scheduler.cancel(call.work)
+            call.segmenter.reset()
+        if dropped:
+            log.warning(
+                "call has no destination left call=%s: dropped %d pending segment(s)",
+                call.call_id,
+                dropped,
+            )
+
+    # ------------------------------------------------------------------ worker events
+
+    def current(self, call: Call, seg: Segment) -> bool:
+        """Whether ``seg`` is still wanted: not cancelled and deliverable."""
+        return seg.generation == self.scheduler.generation(call.work) and call.route.deliverable
+
+    def deliver(
+        self,
+        call: Call,
+        seg: Segment,
+        audio: npt.NDArray[np.float32],
+        synth_seconds: float,
+    ) -> int | None:
+        """Hand a segment's audio to the call's route, unless it was cancelled meanwhile;
+        return the chunk id it got."""
+        audio_seconds = len(audio) / SAMPLE_RATE
+        with call.lock:
+            if seg.generation != self.scheduler.generation(call.work):
+                return None
+            chunk = call.route.send_audio(audio)
+            if chunk is None:
+                return None
+            self.pacing.measure(len(seg.text), synth_seconds, audio_seconds)
+            call.segments += 1
+            call.synth_seconds += synth_seconds
+            call.audio_seconds += audio_seconds
+            if call.playback_start is None:
+                call.playback_start = time.monotonic()
+            self.scheduler.set_deadline(call.work, call.playback_start + call.audio_seconds)
+            return chunk
+
+    def segment_done(self, call: Call, seg: Segment) -> None:
+        """A worker is done with ``seg``: cut the next segment, or finish the call."""
+        with call.lock:
+            self._refill(call)  # before done(), so a call with text left is not finished
+        drained, finished = self.scheduler.done(call.work, seg)
+        if drained:
+            with call.lock:
+                if call.segments:
+                    rtf = call.synth_seconds / call.audio_seconds if call.audio_seconds else 0.0
+                    log.info(
+                        "utterance call=%s segments=%d synth_s=%.3f audio_s=%.3f rtf=%.3f "
+                        "wall_s=%.3f",
+                        call.call_id,
+                        call.segments,
+                        call.synth_seconds,
+                        call.audio_seconds,
+                        rtf,
+                        time.monotonic() - call.utterance_started,
+                    )
+                call.segments = 0
+                call.synth_seconds = call.audio_seconds = 0.0
+                call.drained = True
+        if finished:
+            self._end(call, call.end_reason)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def abandon(self, call: Call, reason: str) -> None:
+        """Shutdown past the drain: drop what the call still owes and send END now."""
+        with call.lock:
+            dropped = self.scheduler.finish(call.work)
+            frames = call.route.purge()
+        if dropped is None:
+            return  # a worker finished it at this very moment, and ends it
+        log.warning(
+            "drain timeout call=%s: dropped %d segment(s) and %d frame(s); sending END",
+            call.call_id,
+            dropped,
+            frames,
+        )
+        self._end(call, reason)
+
+    def join_routes(self, deadline: float) -> None:
+        """Wait for ended calls' writers to send END, then abort the laggards."""
+        with self._lock:
+            ending, self._ending = self._ending, []
+        for call in ending:
+            if not call.route.join(max(0.5, deadline - time.monotonic())):
+                call.route.abort()
+                call.route.join(1.0)
+
+    # ------------------------------------------------------------------ internals
+
+    def _refill(self, call: Call) -> None:
+        """Keep one segment queued for ``call``, cut only now that it is needed.
+
+        Cutting late lets the segment size follow the load at this moment: when several
+        calls share the workers, each gets a smaller share of the compute while its
+        listener plays, so its segments must grow more slowly to avoid a stall.
+        Caller holds ``call.lock``.
+        """
+        if self.scheduler.queued(call.work):
+            return
+        first = call.segmenter.at_utterance_start
+        load = self.pacing.useful_load(self.scheduler.load(call.work))
+        budget = None
+        if call.playback_start is not None:
+            queued_audio = self.scheduler.deadline(call.work) - time.monotonic()
+            budget = self.pacing.budget(queued_audio, load)
+        segment = call.segmenter.take(final=call.input_closed, load=load, budget=budget)
+        if segment is not None:
+            self._submit(call, [segment], first=first)
+
+    def _submit(self, call: Call, texts: list[str], *, first: bool) -> None:
+        if not texts:
+            return
+        gen = self.scheduler.generation(call.work)
+        segs = [
+            Segment(t, call.voice, call.lang, call.speed, gen, first and i == 0)
+            for i, t in enumerate(texts)
+        ]
+        if call.drained:
+            call.drained = False
+            call.utterance_started = time.monotonic()
+            call.playback_start = None
+            self.scheduler.set_deadline(call.work, call.utterance_started)
+        self.scheduler.submit(call.work, segs)
+
+    def _end(self, call: Call, reason: str) -> None:
+        """Send END and forget the call; only the thread that finished it gets here."""
+        with self._lock:
+            if self._calls.get(call.call_id) is call:
+                del self._calls[call.call_id]
+            self._by_work.pop(id(call.work), None)
+            self._ending = [c for c in self._ending if not c.route.join(0)]
+            self._ending.append(call)
+            self.ended += 1
+        self.scheduler.remove(call.work)
+        call.route.end()
+        log.info(
+            "call ended call=%s peer=%s chunks=%d reason=%s",
+            call.call_id,
+            call.peer,
+            call.route.chunks_sent,
+            reason or call.end_reason,
+        )

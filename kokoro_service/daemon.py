@@ -1,0 +1,180 @@
+"""The daemon's lifecycle: start-up, serving until a signal, shutdown, exit code.
+
+``run(settings)`` picks the device, loads the model and warms it up off the main thread,
+starts the :class:`~kokoro_service.server.Server`, says it is ready (:mod:`.readiness`),
+waits for SIGTERM or SIGINT, drains, and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import FrameType
+
+from .config import Settings
+from .engine import Engine, WarmUp, probe_devices, select_device
+from .errors import KokoroServiceError, StartupError, VoiceError
+from .models.sources import resolve_source
+from .readiness import Readiness
+from .server import Server
+from .voices import choose_voice
+
+log = logging.getLogger("kokoro_service.daemon")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_STARTUP = 3
+EXIT_FORCED = 4
+_MAIN_LOOP_TICK = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A loaded engine with the voice the daemon will use and what the warm-up measured."""
+
+    engine: Engine
+    voice: str
+    warm: WarmUp | None
+    workers: int = 1
+
+    @property
+    def calls_in_real_time(self) -> float | None:
+        """Calls the workers keep speaking at once in real time: workers / RTF."""
+        if self.warm is None or self.warm.rtf <= 0:
+            return None
+        return self.workers / self.warm.rtf
+
+
+def choose_device(requested: str) -> str:
+    cuda, mps = probe_devices()
+    device = select_device(requested, cuda_available=cuda, mps_available=mps)
+    log.info("device %s (requested %s; cuda=%s mps=%s)", device, requested, cuda, mps)
+    return device
+
+
+def default_torch_threads(device: str, workers: int) -> int | None:
+    """On the CPU, split the cores among the workers so their OpenMP teams do not fight."""
+    if device != "cpu":
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def load_engine(settings: Settings, device: str | None = None) -> Loaded:
+    """Resolve the model source, load it, choose the voice and warm up (if asked), in the
+    calling thread.  Every failure is a :class:`StartupError`."""
+    device = device or choose_device(settings.device)
+    threads = settings.torch_threads or default_torch_threads(device, settings.workers)
+    try:
+        source = resolve_source(settings.model_dir, settings.cache_dir)
+        engine = Engine(source, device=device, default_lang=settings.lang, torch_threads=threads)
+    except VoiceError as exc:  # the default language cannot be loaded
+        raise StartupError(str(exc)) from exc
+    voice = choose_voice(engine.voices, settings.voice, engine.source.description)
+    warm = engine.warm_up(voice, settings.lang) if settings.warmup else None
+    loaded = Loaded(engine, voice, warm, workers=settings.workers)
+    if warm is not None:
+        # What an operator sizes a host by: beyond this many calls speaking at once,
+        # no segmentation keeps every player fed and stalls are certain.
+        log.info(
+            "warm-up took %.2fs; synthesis at RTF %.3f per worker, so %d worker(s) "
+            "keep about %.1f calls speaking at once in real time",
+            warm.seconds,
+            warm.rtf,
+            settings.workers,
+            loaded.calls_in_real_time or math.inf,
+        )
+    log.info("torch intra-op threads per worker: %s", threads or "torch default")
+    return loaded
+
+
+def load_off_main_thread(settings: Settings, device: str | None = None) -> Loaded:
+    """:func:`load_engine` in a thread that then exits.
+
+    libgomp gives every thread that runs a parallel region its own team.  A team left
+    behind by the main thread makes the workers' teams outnumber the cores, and libgomp
+    then stops spinning between regions: measured 1.4x slower synthesis on 2 cores.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="loader") as pool:
+        return pool.submit(load_engine, settings, device).result()
+
+
+class _Signals:
+    """Signal handlers only set flags; the main loop acts on them."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.count = 0
+
+    def handler(self, signum: int, _frame: FrameType | None) -> None:
+        self.count += 1
+        self.stop.set()
+
+
+def run(settings: Settings) -> int:
+    """Load the engine, serve until SIGTERM/SIGINT, drain, and return the exit code."""
+    readiness = Readiness(settings.ready_file)
+    readiness.withdraw()  # a file left by a killed run must not read as ready
+    try:
+        loaded = load_off_main_thread(settings)
+        server = Server(settings, loaded.engine, voice=loaded.voice)
+        server.start()
+    except KokoroServiceError as exc:  # StartupError, ConfigError, VoiceError ...
+        log.error("start-up failed: %s", exc)
+        return EXIT_STARTUP
+
+    signals = _Signals()
+    previous = {sig: signal.signal(sig, signals.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        readiness.ready(_ready_info(settings, server, loaded), status=_status(server, loaded))
+        watchdog = readiness.watchdog_interval
+        tick = min(_MAIN_LOOP_TICK, watchdog) if watchdog else _MAIN_LOOP_TICK
+        while not signals.stop.wait(tick):
+            if server.thread_error is not None:
+                break
+            if watchdog:
+                readiness.ping()
+        log.info("stopping: draining for up to %.0fs", settings.drain_timeout)
+        readiness.stopping(f"draining {server.active_calls} call(s)")
+        stopper = threading.Thread(target=server.stop, name="stopper", daemon=True)
+        stopper.start()
+        while stopper.is_alive():
+            stopper.join(0.2)
+            if signals.count >= 2:
+                log.error("second signal: exiting now without draining")
+                return EXIT_FORCED
+    finally:
+        readiness.withdraw()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_ERROR if server.thread_error is not None else EXIT_OK
+
+
+def _ready_info(settings: Settings, server: Server, loaded: Loaded) -> dict[str, object]:
+    tcp_host, tcp_port = server.tcp_address
+    udp_host, udp_port = server.udp_address
+    return {
+        "pid": os.getpid(),
+        "tcp": {"host": tcp_host, "port": tcp_port},
+        "udp": {"host": udp_host, "port": udp_port},
+        "device": loaded.engine.device,
+        "voice": loaded.voice,
+        "model_source": loaded.engine.source.kind,
+        "workers": settings.workers,
+        "torch_threads": loaded.engine.torch_threads,
+        "rtf": None if loaded.warm is None else round(loaded.warm.rtf, 4),
+        "calls_in_real_time": (
+            None if loaded.calls_in_real_time is None else round(loaded.calls_in_real_time, 2)
+        ),
+    }
+
+
+def _status(server: Server, loaded: Loaded) -> str:
+    host, port = server.tcp_address
+    capacity = loaded.calls_in_real_time
+    keeps = f"; keeps about {capacity:.1f} calls speaking" if capacity else ""
+    return f"serving on {host}:{port} with voice {loaded.voice}{keeps}"

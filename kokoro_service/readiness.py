@@ -1,0 +1,88 @@
+"""Where the daemon stands, for machines: a ready file and systemd's notify protocol.
+
+Log lines are for people.  Tools and tests wait for the ready file (``--ready-file``), a
+JSON object written atomically once the daemon is warm and listening; systemd
+(``Type=notify``) gets ``READY=1`` at the same moment, ``STOPPING=1`` when the drain
+begins, and ``WATCHDOG=1`` pings when the unit sets ``WatchdogSec=``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("kokoro_service.readiness")
+
+
+def sd_notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Send ``message`` to the service manager; False when there is none (or it failed).
+
+    The protocol is one datagram to the unix socket named by ``NOTIFY_SOCKET``; a name
+    starting with ``@`` is in the abstract namespace.
+    """
+    address = environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify the service manager at %s: %s", address.strip("\0"), exc)
+        return False
+    return True
+
+
+class Readiness:
+    """Publishes ready and stopping, and keeps the watchdog fed.
+
+    Responsibilities: write the ready file atomically (a reader never sees half a file)
+    and remove it when the daemon stops serving; send the matching notify messages; tell
+    the main loop how often to ping the watchdog.
+    """
+
+    def __init__(self, ready_file: Path | None, environ: Mapping[str, str] = os.environ) -> None:
+        self.ready_file = ready_file
+        self._environ = environ
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Seconds between WATCHDOG=1 pings (half systemd's timeout), or None."""
+        usec = self._environ.get("WATCHDOG_USEC", "")
+        pid = self._environ.get("WATCHDOG_PID", "")
+        if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+            return None
+        return int(usec) / 2e6
+
+    def ready(self, info: Mapping[str, Any], status: str) -> None:
+        if self.ready_file is not None:
+            path = self.ready_file
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(dict(info), indent=2) + "\n", encoding="utf-8")
+                os.replace(tmp, path)
+            except OSError as exc:
+                # Serving matters more than the file: say so loudly and go on.
+                log.error("cannot write the ready file %s: %s", path, exc)
+        sd_notify(f"READY=1\nSTATUS={status}", self._environ)
+
+    def ping(self) -> None:
+        sd_notify("WATCHDOG=1", self._environ)
+
+    def stopping(self, status: str) -> None:
+        self.withdraw()
+        sd_notify(f"STOPPING=1\nSTATUS={status}", self._environ)
+
+    def withdraw(self) -> None:
+        if self.ready_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.ready_file.unlink()
