@@ -25,9 +25,14 @@ the alternative:
   quantization of them: time per segment, spectral fidelity against fp32 and, where the
   test extras are installed, Whisper's word error rate on the telephony corpus.
 
-The engine levers run on this process's main thread; ``denormals``, ``warmup`` and
-``layout`` start fresh processes that load in one thread and synthesize in another, as
-the daemon does.
+Every engine is loaded by the product's own loader (:mod:`kokoro_service.daemon`). The
+engine levers run on this process's main thread; ``denormals``, ``warmup`` and ``layout``
+start fresh processes (:mod:`benchmarks.fresh`) that load in a thread that exits and
+synthesize in worker threads, as the daemon does. ``--model-dir`` points every lever at a
+checkout instead of the daemon's default source (a tiny random checkpoint makes a smoke run).
+
+About 600 lines on purpose: ten independent levers, each a short function beside its
+alternative, read as one table; the shared machinery is in ``harness.py`` and ``fresh.py``.
 
 Prints JSON and writes ``benchmarks/results/<host>-<date>-levers.json``.
 
@@ -45,7 +50,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -57,7 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.latency import cpu_model  # noqa: E402
+from benchmarks.fresh import Weights, layout_once, synth_times  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, cpu_model, git_commit, log  # noqa: E402
 from kokoro_service.protocol import (  # noqa: E402
     AudioStreamDecoder,
     End,
@@ -67,7 +72,6 @@ from kokoro_service.protocol import (  # noqa: E402
     encode_end,
 )
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 LEVERS = (
     "grad",
     "threads",
@@ -83,10 +87,6 @@ LEVERS = (
 # The first segment the daemon cuts from the benchmark's three-sentence reply.
 SEGMENT = "Thanks for calling Acme Dental,"
 FIRST_WORD = "Sure,"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def summary(values: Sequence[float], scale: float = 1.0, nd: int = 4) -> dict[str, Any]:
@@ -138,19 +138,26 @@ def versus(kept: list[float], other: list[float], scale: float = 1.0) -> dict[st
 
 
 class Bench:
-    """The daemon's engine, built as ``serve`` builds it on the embedded default."""
+    """The daemon's engine on the CPU, loaded by the product's loader as ``serve`` loads it
+    (same source resolution, voice choice and warm-up), on this thread."""
 
-    def __init__(self, cache_dir: Path | None, threads: int) -> None:
-        from kokoro_service.config import default_cache_dir
-        from kokoro_service.engine import Engine, resolve_source
-        from kokoro_service.server import choose_voice
+    def __init__(self, weights: Weights, threads: int) -> None:
+        from kokoro_service.config import Settings
+        from kokoro_service.daemon import load_engine
 
         self.threads = threads
-        source = resolve_source(None, cache_dir or default_cache_dir())
-        self.engine = Engine(source, device="cpu", default_lang="a", torch_threads=threads)
-        self.voice = choose_voice(self.engine, None)
-        self.source = source
-        self.engine.warm_up(self.voice, "a")
+        loaded = load_engine(
+            Settings(
+                model_dir=weights.model_dir,
+                cache_dir=weights.cache_dir,
+                device="cpu",
+                torch_threads=threads,
+                warmup=True,
+            )
+        )
+        self.engine = loaded.engine
+        self.voice = loaded.voice
+        self.source = loaded.engine.source
 
     def forward(self, text: str, mode: Callable[[], contextlib.AbstractContextManager[Any]]) -> int:
         """G2P plus forward exactly as ``Engine.synthesize`` does, under ``mode``."""
@@ -465,74 +472,13 @@ def lever_nodelay(runs: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ fresh processes
 
-# The daemon's threading, in a fresh process: load (and warm up) in a loader thread, then
-# synthesize in a worker thread that calls bind_thread() first.  argv: cache dir, warm-up
-# 0/1, torch threads, flush denormals 0/1, texts.
-# The daemon's way to load: in a thread that exits, so only the synthesis threads keep
-# OpenMP teams.  Every fresh-process lever starts with this.
-_LOAD = r"""
-import json, sys, threading, time
-from pathlib import Path
-import torch
-from kokoro_service.engine import Engine, resolve_source
-from kokoro_service.server import choose_voice
-def load_in_thread(cache, threads, warm):
-    box = {}
-    def load():
-        engine = Engine(resolve_source(None, cache), device="cpu", default_lang="a",
-                        torch_threads=threads)
-        voice = choose_voice(engine, None)
-        if warm:
-            engine.warm_up(voice, "a")
-        box["engine"], box["voice"] = engine, voice
-    t = threading.Thread(target=load)
-    t.start()
-    t.join()
-    return box["engine"], box["voice"]
-"""
-_FRESH = (
-    _LOAD
-    + r"""
-cache, warm, threads, ftz = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4]
-engine, voice = load_in_thread(cache, threads, warm)
-box = {}
-def work():
-    engine.bind_thread()
-    if ftz == "0":
-        torch.set_flush_denormal(False)  # before the first forward: the team inherits it
-    times = []
-    for text in sys.argv[5:]:
-        t0 = time.perf_counter()
-        engine.synthesize(text, voice=voice, lang="a")
-        times.append(time.perf_counter() - t0)
-    box["times"] = times
-t = threading.Thread(target=work)
-t.start()
-t.join()
-print(json.dumps(box["times"]))
-"""
-)
 
-
-def _fresh(cache: str, *, warm: bool, threads: int, ftz: bool, texts: Sequence[str]) -> list[float]:
-    """Seconds of each synthesis of ``texts`` in a fresh process, threaded as the daemon."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _FRESH, cache, str(int(warm)), str(threads), str(int(ftz)), *texts],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        cwd=ROOT,
-        check=True,
-    )
-    return [float(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])]
-
-
-def lever_denormals(cache: str, threads: int, runs: int) -> dict[str, Any]:
+def lever_denormals(weights: Weights, threads: int, runs: int) -> dict[str, Any]:
     texts = [SEGMENT] * (runs + 1)
     times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(2):  # alternate the variants so drift hits both
         for ftz in (True, False):
-            times[ftz] += _fresh(cache, warm=True, threads=threads, ftz=ftz, texts=texts)[1:]
+            times[ftz] += synth_times(weights, warm=True, threads=threads, ftz=ftz, texts=texts)[1:]
     return {
         "what": "worker thread of a fresh process, flush-to-zero set before its first "
         "forward (kept) or not; seconds per synthesis",
@@ -541,7 +487,7 @@ def lever_denormals(cache: str, threads: int, runs: int) -> dict[str, Any]:
     }
 
 
-def lever_warmup(cache: str, threads: int, repeats: int) -> dict[str, Any]:
+def lever_warmup(weights: Weights, threads: int, repeats: int) -> dict[str, Any]:
     texts = [FIRST_WORD, SEGMENT, FIRST_WORD]
     out: dict[str, Any] = {
         "what": "fresh process: seconds of the first three syntheses, with and without warm_up",
@@ -550,7 +496,7 @@ def lever_warmup(cache: str, threads: int, repeats: int) -> dict[str, Any]:
     runs: dict[bool, list[list[float]]] = {True: [], False: []}
     for _ in range(repeats):
         for warm in (True, False):
-            times = _fresh(cache, warm=warm, threads=threads, ftz=True, texts=texts)
+            times = synth_times(weights, warm=warm, threads=threads, ftz=True, texts=texts)
             runs[warm].append([round(x, 4) for x in times])
     for warm in (True, False):
         out["with_warm_up" if warm else "without_warm_up"] = {
@@ -563,48 +509,7 @@ def lever_warmup(cache: str, threads: int, repeats: int) -> dict[str, Any]:
     return out
 
 
-_LAYOUT = (
-    _LOAD
-    + r"""
-cache, threads, streams, runs, text = Path(sys.argv[1]), *map(int, sys.argv[2:5]), sys.argv[5]
-engine, voice = load_in_thread(cache, threads, warm=True)
-ready = threading.Barrier(streams + 1)
-done = [[] for _ in range(streams)]
-def work(i):
-    engine.bind_thread()
-    engine.synthesize(text, voice=voice, lang="a")
-    ready.wait()
-    for _ in range(runs):
-        r = engine.synthesize(text, voice=voice, lang="a")
-        done[i].append((r.seconds, r.audio_seconds))
-workers = [threading.Thread(target=work, args=(i,)) for i in range(streams)]
-for w in workers:
-    w.start()
-ready.wait()
-t0 = time.perf_counter()
-for w in workers:
-    w.join()
-wall = time.perf_counter() - t0
-print(json.dumps({"wall_s": wall, "segments": [s for d in done for s in d]}))
-"""
-)
-
-
-def _layout_once(cache: str, threads: int, streams: int, runs: int) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _LAYOUT, cache, str(threads), str(streams), str(runs), SEGMENT],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        cwd=ROOT,
-        check=True,
-    )
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    audio = sum(a for _, a in got["segments"])
-    return {"wall_s": got["wall_s"], "audio_s": audio, "synth_s": [s for s, _ in got["segments"]]}
-
-
-def lever_layout(cache: str, threads: int, runs: int) -> dict[str, Any]:
+def lever_layout(weights: Weights, threads: int, runs: int) -> dict[str, Any]:
     """Latency of one segment and aggregate real-time factor for each worker layout.
 
     One worker owns every core (kept: ``--workers 1``); the alternative gives each of
@@ -623,7 +528,7 @@ def lever_layout(cache: str, threads: int, runs: int) -> dict[str, Any]:
         "segment": SEGMENT,
     }
     for name, (per_worker, streams) in measured.items():
-        got = _layout_once(cache, per_worker, streams, runs)
+        got = layout_once(weights, per_worker, streams, runs, SEGMENT)
         out[name] = {
             "threads_per_worker": per_worker,
             "workers": streams,
@@ -653,6 +558,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
     threads = ns.threads or max(1, os.cpu_count() or 1)
+    from kokoro_service.config import default_cache_dir
+
+    weights = Weights(ns.cache_dir or default_cache_dir(), ns.model_dir)
     res: dict[str, Any] = {
         "meta": {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -662,14 +570,14 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "cpu_model": cpu_model(),
             "runs": ns.runs,
             "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
         }
     }
     engine_levers = [
         x for x in levers if x in ("grad", "threads", "voices", "copies", "int8", "profile")
     ]
     if engine_levers:
-        b = Bench(ns.cache_dir, threads)
+        b = Bench(weights, threads)
         res["meta"]["source"] = b.source.description
         res["meta"]["voice"] = b.voice
         fns: dict[str, Callable[[], dict[str, Any]]] = {
@@ -686,28 +594,16 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     if "nodelay" in levers:
         with phase("nodelay"):
             res["nodelay"] = lever_nodelay(ns.runs)
-    from kokoro_service.config import default_cache_dir
-
-    cache = str(ns.cache_dir or default_cache_dir())
     if "denormals" in levers:
         with phase("denormals"):
-            res["denormals"] = lever_denormals(cache, threads, ns.runs)
+            res["denormals"] = lever_denormals(weights, threads, ns.runs)
     if "warmup" in levers:
         with phase("warmup"):
-            res["warmup"] = lever_warmup(cache, threads, ns.warmup_repeats)
+            res["warmup"] = lever_warmup(weights, threads, ns.warmup_repeats)
     if "layout" in levers:
         with phase("layout"):
-            res["layout"] = lever_layout(cache, threads, ns.runs)
+            res["layout"] = lever_layout(weights, threads, ns.runs)
     return res
-
-
-def _git_commit() -> str | None:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -717,6 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup-repeats", type=int, default=3, help="fresh processes per variant [3]")
     p.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedded-weights cache")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="Kokoro checkout to load instead of the daemon's default source",
+    )
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--label", default="", help="appended to the result file's date")
     ns = p.parse_args(argv)

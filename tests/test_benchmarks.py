@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from benchmarks.latency import evaluate, percentile, playback
+from benchmarks.callers import TEXT_ONE, playback
+from benchmarks.fresh import Weights, synth_times
+from benchmarks.harness import Daemon, percentile, serve_settings
 from benchmarks.levers import _nodelay_once, _quantized_generator
+from benchmarks.phases import ttfa_once
+from benchmarks.report import evaluate
 from kokoro_service.engine import Engine
 
 
@@ -103,3 +108,39 @@ def test_int8_lever_quantizes_a_copy_of_every_generator_conv(engine: Engine) -> 
     # Only the generator changed, so the predicted durations (hence the length) agree.
     assert ref.audio is not None and alt.audio is not None
     assert alt.audio.shape == ref.audio.shape and np.isfinite(alt.audio).all()
+
+
+def test_the_harness_reads_the_daemons_settings_as_serve_does() -> None:
+    settings = serve_settings(["--workers", "2", "--max-segment-chars=120", "--workers=3"])
+    assert settings.workers == 3, "the last occurrence wins, as in serve"
+    assert settings.segmenter.max_chars == 120 and settings.segmenter.max_word_chars == 80
+    with pytest.raises(SystemExit, match="workers"):
+        serve_settings(["--workers=0"])
+
+
+def test_the_harness_waits_for_the_ready_file_not_for_a_log_line(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    args = ["--model-dir", str(tiny_dir), "--voice", "af_sky", "--no-warmup"]
+    daemon = Daemon(args, tmp_path, "info", workdir=tmp_path)
+    try:
+        daemon.start(timeout=120.0)
+        assert daemon.info["pid"] == daemon.pid and daemon.port > 0
+        assert daemon.info["udp"]["port"] > 0 and daemon.info["voice"] == "af_sky"
+        assert ttfa_once(daemon, [TEXT_ONE], 0.0, 0).ok
+    finally:
+        code = daemon.stop()
+    assert code == 0 and not daemon.ready_file.exists()
+
+
+def test_the_harness_fails_early_when_the_daemon_exits(tmp_path: Path) -> None:
+    daemon = Daemon(["--model-dir", str(tmp_path / "missing")], tmp_path, "info", workdir=tmp_path)
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        daemon.start(timeout=120.0)
+
+
+def test_fresh_processes_load_with_the_product_loader(tiny_dir: Path, tmp_path: Path) -> None:
+    times = synth_times(
+        Weights(tmp_path, tiny_dir), warm=False, threads=1, ftz=True, texts=["Hi.", "Okay."]
+    )
+    assert len(times) == 2 and all(t > 0 for t in times)
