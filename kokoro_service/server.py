@@ -130,15 +130,23 @@ class Server:
         self, prepare: Callable[[], None], loop: Callable[[], None], ready: threading.Event
     ) -> None:
         try:
-            try:
-                prepare()
-            finally:
-                ready.set()  # start() looks at _thread_error once every thread got here
+            prepare()
+        except BaseException as exc:
+            self._died(exc)
+            return
+        finally:
+            # Set after _died has recorded the error: start() reads it once every thread
+            # got here.
+            ready.set()
+        try:
             loop()
         except BaseException as exc:
-            self._thread_error = exc
-            log.exception("thread %s died", threading.current_thread().name)
-            self._stopping.set()
+            self._died(exc)
+
+    def _died(self, exc: BaseException) -> None:
+        self._thread_error = exc
+        log.exception("thread %s died", threading.current_thread().name)
+        self._stopping.set()
 
     def stop(self, drain_timeout: float | None = None) -> bool:
         """Stop accepting, finish owed audio within the drain timeout, END every call.
