@@ -4,10 +4,15 @@ Events come from a connection (HELLO, TEXT, CONTROL, quiet, input closed), from 
 registrar (REGISTER, BYE), from a route (no destination left) and from the workers (a
 segment synthesized).  Each is one method here.
 
-Lock order, for the whole daemon: ``Calls._lock`` and a ``Call.lock`` are never held
-together; either may be held while taking the scheduler's lock, ``Pacing``'s lock or a
-route's lock, and those take none of the former.  A call is ended exactly once: only the
-thread to which the scheduler reports the call finished ends it.
+Lock order, for the whole daemon, outermost first:
+
+    Calls._lock or a Call.lock (never both) -> Scheduler -> CallRoute -> FrameWriter
+
+The scheduler takes a route's and its writer's lock while it picks a job (``has_room``),
+so a route never calls into the scheduler or the calls while it holds its own lock: its
+callbacks (``on_dead``, ``on_progress``) run after it lets go.  ``Pacing``, ``Registry``,
+``VoiceTable`` and ``RateLimitedLog`` locks are leaves.  A call is ended exactly once:
+only the thread to which the scheduler reports the call finished ends it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .engine import Engine
 from .errors import VoiceError
 from .pacing import Pacing
 from .protocol import SAMPLE_RATE, Control
+from .ratelimit import RateLimitedLog
 from .routing import CallRoute, Registry
 from .scheduler import CallWork, Scheduler, Segment
 from .segmenter import Segmenter
@@ -88,6 +94,9 @@ class Calls:
         self._calls: dict[str, Call] = {}
         self._by_work: dict[int, Call] = {}
         self._ending: list[Call] = []
+        # A peer may repeat a refused TEXT or CONTROL frame without end: one line per call
+        # and kind every few seconds, with a count of the rest.
+        self._refusals = RateLimitedLog(log)
         self.opened = 0
         self.ended = 0
 
@@ -164,7 +173,8 @@ class Calls:
         with call.lock:
             backlog = call.segmenter.pending_chars + self.scheduler.pending_chars(call.work)
             if backlog + len(text) > s.max_pending_chars:
-                log.warning(
+                self._refusals.warning(
+                    f"text:{call.call_id}",
                     "text refused call=%s peer=%s: %d chars pending, limit max_pending_chars=%d; "
                     "dropped a TEXT frame of %d chars",
                     call.call_id,
@@ -180,51 +190,65 @@ class Calls:
             self._refill(call)
 
     def control(self, call: Call, ctl: Control) -> None:
-        """CONTROL: cancel first, then voice, lang and speed for the text that follows.
+        """CONTROL: cancel first, then voice, lang and speed for the TEXT that follows.
 
-        A voice is only validated here; its pack (a blend included) is built when a
-        segment is synthesized, in the voice table's bounded cache.
+        Text received before the frame but not yet cut keeps the settings it came under:
+        it is cut now.  A voice is only validated here; its pack (a blend included) is
+        built when a segment is synthesized, in the voice table's bounded cache.
         """
-        with call.lock:
-            if ctl.cancel:
+        if ctl.cancel:
+            with call.lock:
                 t0 = time.monotonic()
                 call.segmenter.reset()
                 dropped, _ = self.scheduler.cancel(call.work)
                 frames = call.route.purge()
-                log.info(
-                    "cancel call=%s peer=%s dropped_segments=%d dropped_frames=%d took_ms=%.1f",
-                    call.call_id,
-                    call.peer,
-                    dropped,
-                    frames,
-                    (time.monotonic() - t0) * 1e3,
-                )
-            if ctl.voice is not None:
-                try:
-                    self.engine.voices.check(ctl.voice)
-                    call.voice = ctl.voice
-                    log.debug("voice set call=%s voice=%s", call.call_id, ctl.voice)
-                except VoiceError as exc:
-                    self._refused(call, "voice", exc, call.voice)
-            if ctl.speed is not None:
-                call.speed = ctl.speed
+            log.info(
+                "cancel call=%s peer=%s dropped_segments=%d dropped_frames=%d took_ms=%.1f",
+                call.call_id,
+                call.peer,
+                dropped,
+                frames,
+                (time.monotonic() - t0) * 1e3,
+            )
+        voice = lang = None
+        if ctl.voice is not None:
+            try:
+                self.engine.voices.check(ctl.voice)
+                voice = ctl.voice
+            except VoiceError as exc:
+                self._refused(call, "voice", exc, call.voice)
         if ctl.lang is not None:
             # Outside the call's lock: loading a language takes seconds, and the workers
             # need that lock to deliver this call's audio meanwhile.
             try:
                 self.engine.pipeline(ctl.lang)
+                lang = ctl.lang.strip().lower()
             except VoiceError as exc:
                 self._refused(call, "lang", exc, call.lang)
-            else:
-                with call.lock:
-                    call.lang = ctl.lang.strip().lower()
-                log.debug("lang set call=%s lang=%s", call.call_id, call.lang)
+        with call.lock:
+            speed = call.speed if ctl.speed is None else ctl.speed
+            new = (voice or call.voice, lang or call.lang, speed)
+            if new != (call.voice, call.lang, call.speed) and call.segmenter.pending_chars:
+                first = call.segmenter.at_utterance_start
+                self._submit(call, call.segmenter.flush(), first=first)
+            call.voice, call.lang, call.speed = new
+        log.debug("settings call=%s voice=%s lang=%s speed=%s", call.call_id, *new)
 
-    @staticmethod
-    def _refused(call: Call, what: str, exc: Exception, kept: str) -> None:
-        log.warning(
-            "%s refused call=%s peer=%s: %s; keeping %s", what, call.call_id, call.peer, exc, kept
+    def _refused(self, call: Call, what: str, exc: Exception, kept: str) -> None:
+        self._refusals.warning(
+            f"{what}:{call.call_id}",
+            "%s refused call=%s peer=%s: %s; keeping %s",
+            what,
+            call.call_id,
+            call.peer,
+            exc,
+            kept,
         )
+
+    def has_unsent_text(self, call: Call) -> bool:
+        """Whether text waits in the call's segmenter, not yet cut into a segment."""
+        with call.lock:
+            return call.segmenter.pending_chars > 0
 
     def flush_quiet(self, call: Call, *, whole_words_only: bool) -> None:
         """The LLM went quiet mid-sentence: speak what it sent rather than wait for more."""

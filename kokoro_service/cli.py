@@ -21,9 +21,17 @@ from typing import Any
 
 import click
 
-from .config import Settings, cli_fields, default_cache_dir, env_var, option_name, parse_networks
+from .config import (
+    Settings,
+    cli_fields,
+    default_cache_dir,
+    env_var,
+    option_name,
+    parse_networks,
+    range_text,
+)
 from .errors import ConfigError, KokoroServiceError
-from .protocol import SAMPLE_RATE
+from .protocol import CONTROL_SPEED_RANGE, SAMPLE_RATE
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _FIELDS = {f.name: f for f in cli_fields()}
@@ -56,7 +64,7 @@ def _click_type(f: dataclasses.Field[Any]) -> Any:
     if kind.startswith("float"):
         return float
     if kind.startswith("Path"):
-        return click.Path(path_type=Path)
+        return click.Path(path_type=Path, file_okay=not meta["directory"])
     return str  # strings, and --allow, which Settings' parser reads
 
 
@@ -79,7 +87,10 @@ def setting_option(name: str, **overrides: Any) -> Callable[[Any], Any]:
             kw.update(default=None, show_default=meta["shown"] or False)
         else:
             kw.update(default=f.default, show_default=True)
-    kw.update(envvar=env_var(name), show_envvar=True, help=meta["help"])
+    bounds = ""
+    if meta["lo"] is not None or meta["hi"] is not None:
+        bounds = f" Range: {range_text(meta['lo'], meta['hi'])}."
+    kw.update(envvar=env_var(name), show_envvar=True, help=meta["help"] + bounds)
     kw.update(overrides)
     return click.option(*decls, **kw)
 
@@ -198,7 +209,12 @@ def say(text: str, output: Path, **kw: Any) -> None:
 @setting_option("host", help="Address of the daemon.")
 @setting_option("tcp_port", help="The daemon's TCP port.")
 @click.option("--voice", default=None, help="Send CONTROL voice first.")
-@click.option("--speed", default=None, type=float, help="Send CONTROL speed first.")
+@click.option(
+    "--speed",
+    default=None,
+    type=click.FloatRange(*CONTROL_SPEED_RANGE),
+    help="Send CONTROL speed first.",
+)
 @click.option("--timeout", default=120.0, show_default=True, type=float)
 def send(
     text: tuple[str, ...],
@@ -218,7 +234,7 @@ def send(
     from .client import speak
     from .protocol import validate_call_id
 
-    target = _settings(**kw, speed=speed)
+    target = _settings(**kw)
     host, tcp_port = target.host, target.tcp_port
     try:
         validate_call_id(call_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "KOKORO_"
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,2})?")
+_DEVICE = re.compile(r"\s*(auto|cpu|mps|cuda)(:[0-9]+)?\s*", re.IGNORECASE)
+# How often blocked loops (readers, accept, registrar, idle workers) look at the stop flag
+# and their deadlines.
+TICK = 0.25
 
 
 def default_cache_dir() -> Path:
@@ -59,16 +63,31 @@ def knob(
     hi: float | None = None,
     choices: tuple[str, ...] | None = None,
     shown: str | None = None,
+    directory: bool = False,
 ) -> Any:
     """A field that ``serve`` exposes as ``--name`` and ``KOKORO_NAME``.
 
     ``lo``/``hi`` bound numbers (inclusive), ``choices`` bounds strings, ``shown`` replaces
-    the default in ``--help`` where the real default is computed at start-up.
+    the default in ``--help`` where the real default is computed at start-up, and
+    ``directory`` marks a path that must not name a file.
     """
-    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "shown": shown}
+    meta = {
+        "help": help,
+        "lo": lo,
+        "hi": hi,
+        "choices": choices,
+        "shown": shown,
+        "directory": directory,
+    }
     if callable(default):
         return field(default_factory=default, metadata={"cli": meta})
     return field(default=default, metadata={"cli": meta})
+
+
+def range_text(lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo:g}..{hi:g}"
+    return f"at least {lo:g}" if lo is not None else f"at most {hi:g}"
 
 
 def env_var(name: str) -> str:
@@ -113,11 +132,13 @@ class Settings:
         None,
         "Kokoro checkout (config.json, *.pth, voices/*.pt), loaded offline. Unset: hub "
         "weights already cached, else the embedded int8 import.",
+        directory=True,
     )
     cache_dir: Path = knob(
         default_cache_dir,
         "Where the embedded import is cached.",
         shown="$CACHE_DIRECTORY or ~/.cache/kokoro-service",
+        directory=True,
     )
     max_text_bytes: int = knob(
         DEFAULT_MAX_TEXT_BYTES,
@@ -196,9 +217,11 @@ class Settings:
             if value is None:
                 continue
             lo, hi, choices = meta["lo"], meta["hi"], meta["choices"]
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
-                span = f"{lo:g}..{hi:g}" if hi is not None else f"at least {lo:g}"
-                raise ConfigError(f"{value!r} is not in {span}", f.name)
+            if lo is not None or hi is not None:
+                # Written so that NaN fails too: every comparison with NaN is false.
+                inside = (lo is None or value >= lo) and (hi is None or value <= hi)
+                if not inside or not math.isfinite(value):
+                    raise ConfigError(f"{value!r} is not in {range_text(lo, hi)}", f.name)
             if choices is not None and value not in choices:
                 raise ConfigError(f"{value!r} is not one of {', '.join(choices)}", f.name)
         if not _DEVICE.fullmatch(self.device):

@@ -14,13 +14,12 @@ import threading
 import time
 
 from .calls import Call, Calls
-from .config import Settings
+from .config import TICK, Settings
 from .errors import ProtocolError
 from .protocol import Bye, Control, Hello, Keepalive, Text, TextStreamDecoder
 
 log = logging.getLogger("kokoro_service.connection")
 
-TICK = 0.25  # how often a blocked read looks at the stop flag and its deadlines
 _LINGER = 2.0  # after END, how long to wait for the peer's close before closing ourselves
 
 
@@ -98,7 +97,7 @@ class TextConnection:
             try:
                 data = conn.recv(65536)
             except TimeoutError:
-                if call is not None and call.segmenter.pending_chars:
+                if call is not None and self.calls.has_unsent_text(call):
                     quiet = time.monotonic() - last_frame
                     if quiet > s.flush_timeout:
                         self.calls.flush_quiet(call, whole_words_only=quiet < 2 * s.flush_timeout)

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
@@ -118,7 +119,7 @@ class _Signals:
 def run(settings: Settings) -> int:
     """Load the engine, serve until SIGTERM/SIGINT, drain, and return the exit code."""
     readiness = Readiness(settings.ready_file)
-    readiness.withdraw()  # a file left by a killed run must not read as ready
+    readiness.withdraw_stale()  # a file left by a killed run must not read as ready
     try:
         loaded = load_off_main_thread(settings)
         server = Server(settings, loaded.engine, voice=loaded.voice)
@@ -133,11 +134,13 @@ def run(settings: Settings) -> int:
         readiness.ready(_ready_info(settings, server, loaded), status=_status(server, loaded))
         watchdog = readiness.watchdog_interval
         tick = min(_MAIN_LOOP_TICK, watchdog) if watchdog else _MAIN_LOOP_TICK
+        pinged = time.monotonic()
         while not signals.stop.wait(tick):
             if server.thread_error is not None:
                 break
-            if watchdog:
+            if watchdog and time.monotonic() - pinged >= watchdog:
                 readiness.ping()
+                pinged = time.monotonic()
         log.info("stopping: draining for up to %.0fs", settings.drain_timeout)
         readiness.stopping(f"draining {server.active_calls} call(s)")
         stopper = threading.Thread(target=server.stop, name="stopper", daemon=True)

@@ -177,13 +177,15 @@ class Engine:
             if pipe is not None:
                 return pipe
             failed = self._failed.get(lang)
-            if failed is not None:  # a peer repeating a broken language costs nothing more
+            if failed is not None:  # a peer repeating a missing language costs nothing more
                 raise VoiceError(failed)
             try:
                 pipe = KPipeline(lang_code=lang, repo_id=REPO_ID, model=False)
             except (ImportError, OSError, RuntimeError, ValueError) as exc:
-                self._failed[lang] = f"language {lang!r} is unavailable here: {exc}"
-                raise VoiceError(self._failed[lang]) from exc
+                why = f"language {lang!r} is unavailable here: {exc}"
+                if isinstance(exc, ImportError):  # a missing extra stays missing
+                    self._failed[lang] = why
+                raise VoiceError(why) from exc
             with self._pipelines_lock:
                 self._g2p_locks[lang] = threading.Lock()
                 self._pipelines[lang] = pipe

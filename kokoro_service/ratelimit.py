@@ -38,6 +38,12 @@ class RateLimitedLog:
         self._lock = threading.Lock()
 
     def warning(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, msg, *args)
+
+    def info(self, key: str, msg: str, *args: object) -> bool:
+        return self.log(logging.INFO, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> bool:
         """Log ``msg % args`` unless a limit holds it back; return whether it was logged."""
         now = time.monotonic()
         with self._lock:
@@ -63,5 +69,5 @@ class RateLimitedLog:
         if held_total:
             notes.append(f"{held_total} other line(s) suppressed by the total log limit")
         suffix = f" ({'; '.join(notes)})" if notes else ""
-        self._logger.warning(msg + suffix, *args)
+        self._logger.log(level, msg + suffix, *args)
         return True

@@ -83,6 +83,31 @@ class Readiness:
         sd_notify(f"STOPPING=1\nSTATUS={status}", self._environ)
 
     def withdraw(self) -> None:
+        """Remove the ready file this daemon wrote."""
         if self.ready_file is not None:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 self.ready_file.unlink()
+
+    def withdraw_stale(self) -> None:
+        """Remove a ready file left by a daemon that is gone, so it does not read as ready
+        while this one starts; a live daemon's file is left alone."""
+        if self.ready_file is None:
+            return
+        try:
+            pid = int(json.loads(self.ready_file.read_text(encoding="utf-8"))["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pid = 0  # absent, or not one of ours: nothing to protect
+        if pid > 0 and _alive(pid):
+            log.warning("ready file %s belongs to running pid %d", self.ready_file, pid)
+            return
+        self.withdraw()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -195,15 +195,18 @@ class CallRoute:
     def purge(self) -> int:
         """Drop every queued AUDIO frame; return how many.
 
-        The dropped frames never reach the peer, so their chunk ids are given again: the
-        ids a peer sees still rise by 1 with every AUDIO frame (docs/protocol.md).
+        The dropped frames never reach the peer, so when they are the newest ids (the
+        usual case) those ids are given again and the ids a peer sees still rise by 1
+        (docs/protocol.md).  Were a newer frame already on its way elsewhere (a sink
+        switch mid-queue), the count goes on: a gap, but never an id twice.
         """
         with self._lock:
             dropped = self.text.purge_audio()
             if self.sink is not None:
                 dropped += self.sink.purge_audio()
-            if dropped:
-                self._chunk_id = min(dropped) - 1
+            newest = range(self._chunk_id - len(dropped) + 1, self._chunk_id + 1)
+            if dropped and sorted(dropped) == list(newest):
+                self._chunk_id -= len(dropped)
             return len(dropped)
 
     def end(self) -> None:

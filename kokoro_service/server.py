@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from .calls import Calls
-from .config import Settings
-from .connection import TICK, TextConnection, close_quietly
+from .config import TICK, Settings
+from .connection import TextConnection, close_quietly
 from .engine import Engine
 from .errors import ProtocolError, StartupError
 from .pacing import Pacing
@@ -67,7 +67,11 @@ class Server:
         self._tcp: socket.socket | None = None
         self._udp: socket.socket | None = None
         self._thread_error: BaseException | None = None
-        self._ratelimit = RateLimitedLog(log)
+        # Separate budgets: a flood of strangers' garbage must not silence the lines an
+        # operator needs (connections refused for capacity, registrations).
+        self._noise = RateLimitedLog(log)
+        self._ops = RateLimitedLog(log)
+        self._registrations = RateLimitedLog(log, interval=0.0, burst=200, rate=50.0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,7 +199,7 @@ class Server:
                 raise
             peer = _peer(addr)
             if not self.settings.peer_allowed(str(addr[0])):
-                self._ratelimit.warning(
+                self._noise.warning(
                     f"deny:{addr[0]}", "connection refused peer=%s: not in --allow", peer
                 )
                 close_quietly(conn)
@@ -204,7 +208,7 @@ class Server:
                 self._readers = {t for t in self._readers if t.is_alive()}
                 full = len(self._readers) >= self.settings.max_connections
             if full:
-                self._ratelimit.warning(
+                self._ops.warning(
                     "maxconn",
                     "connection refused peer=%s: max_connections=%d reached",
                     peer,
@@ -245,32 +249,44 @@ class Server:
     def _datagram(self, data: bytes, addr: tuple[object, ...]) -> None:
         peer = _peer(addr)
         if not self.settings.peer_allowed(str(addr[0])):
-            self._ratelimit.warning(
+            self._noise.warning(
                 f"udpdeny:{addr[0]}", "datagram dropped peer=%s: not in --allow", peer
             )
             return
         try:
             msg = parse_datagram(data)
         except ProtocolError as exc:
-            self._ratelimit.warning(f"udpbad:{addr[0]}", "datagram dropped peer=%s: %s", peer, exc)
+            self._noise.warning(f"udpbad:{addr[0]}", "datagram dropped peer=%s: %s", peer, exc)
             return
         call = self.calls.get(msg.call_id)
         if isinstance(msg, Register):
             new, evicted = self.registry.register(msg.call_id)
             if evicted is not None:
-                self._ratelimit.warning(
+                self._ops.warning(
                     "evict",
                     "registration table full (max_registrations=%d): forgot call=%s",
                     self.settings.max_registrations,
                     evicted,
                 )
             if new:
-                log.info("register call=%s peer=%s active=%s", msg.call_id, peer, call is not None)
+                self._registrations.info(
+                    f"reg:{msg.call_id}",
+                    "register call=%s peer=%s active=%s",
+                    msg.call_id,
+                    peer,
+                    call is not None,
+                )
             if call is not None:
                 call.route.attach_sink()
         else:
             existed = self.registry.unregister(msg.call_id)
-            log.info("unregister call=%s peer=%s was_registered=%s", msg.call_id, peer, existed)
+            self._registrations.info(
+                f"unreg:{msg.call_id}",
+                "unregister call=%s peer=%s was_registered=%s",
+                msg.call_id,
+                peer,
+                existed,
+            )
             if call is not None:
                 call.route.detach_sink("registration BYE")
 

@@ -71,23 +71,28 @@ class VoiceTable:
             return len(self._blends)
 
     def check(self, spec: str) -> BlendKey:
-        """Validate ``spec`` and return its normalised key; builds and caches nothing."""
+        """Validate ``spec`` and return its cache key; builds and caches no blend.
+
+        Each named voice file is loaded (at most once, so bounded by the files on disk):
+        a file that cannot be read is refused here, not at the call's next segment.
+        """
+        return self._validated(spec)[1]
+
+    def _validated(self, spec: str) -> tuple[list[tuple[str, float]], BlendKey]:
         blend = parse_voice_spec(spec)
         unknown = [n for n, _ in blend if n not in self._files]
         if unknown:
             raise VoiceError(
                 f"unknown voice {', '.join(unknown)}; available: {', '.join(self.names)}"
             )
-        merged: dict[str, float] = {}
-        for name, weight in blend:
-            merged[name] = merged.get(name, 0.0) + weight
-        total = sum(merged.values())
-        # Equal blends spelled differently ("a:1,b:1" and "b:0.5,a:0.5") share one entry.
-        return tuple(sorted((n, round(w / total, 6)) for n, w in merged.items()))
+        with self._lock:
+            for name, _ in blend:
+                self._load(name)
+        return blend, _key(blend)
 
     def get(self, spec: str) -> torch.Tensor:
         """The voice pack of ``spec``: a file's pack, or a (cached) blend of several."""
-        key = self.check(spec)
+        blend, key = self._validated(spec)
         with self._lock:
             if len(key) == 1:
                 return self._load(key[0][0])
@@ -95,7 +100,8 @@ class VoiceTable:
             if pack is not None:
                 self._blends.move_to_end(key)
                 return pack
-            pack = sum((self._load(n) * w for n, w in key), torch.zeros(1))
+            total = sum(w for _, w in blend)
+            pack = sum((self._load(n) * (w / total) for n, w in blend), torch.zeros(1))
             self._blends[key] = pack
             if len(self._blends) > self._max_blends:
                 self._blends.popitem(last=False)
@@ -114,6 +120,16 @@ class VoiceTable:
             pack = loaded.float().contiguous()
             self._packs[name] = pack
         return pack
+
+
+def _key(blend: list[tuple[str, float]]) -> BlendKey:
+    """Equal blends spelled differently ("a:1,b:1", "b:0.5,a:0.5") share one cache entry;
+    the key only names the entry, the pack is built from the exact weights."""
+    merged: dict[str, float] = {}
+    for name, weight in blend:
+        merged[name] = merged.get(name, 0.0) + weight
+    total = sum(merged.values())
+    return tuple(sorted((n, round(w / total, 9)) for n, w in merged.items()))
 
 
 def choose_voice(voices: VoiceTable, requested: str | None, source: str) -> str:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 
 from .calls import Call, Calls
+from .config import TICK
 from .engine import Engine
 from .errors import SynthesisError, VoiceError
 from .scheduler import Scheduler, Segment
 
 log = logging.getLogger("kokoro_service.workers")
-
-TICK = 0.25  # how often an idle worker looks at the stop flag
 
 
 class Worker:

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from .errors import DestinationError
 from .protocol import audio_payload, encode_audio_header, encode_hello
 
-log = logging.getLogger("kokoro_service.routing")
+log = logging.getLogger("kokoro_service.writers")
 
 
 @dataclass(slots=True)

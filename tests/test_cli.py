@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile as sf
@@ -58,6 +59,34 @@ def test_bad_environment_values_fail_clearly(env: dict[str, str], message: str) 
     result = CliRunner().invoke(main, ["serve"], env=env)
     assert result.exit_code == 2
     assert message in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "field", ["speed", "hello_timeout", "write_timeout", "drain_timeout", "flush_timeout"]
+)
+def test_nan_is_out_of_every_range(field: str) -> None:
+    from kokoro_service.config import Settings
+    from kokoro_service.errors import ConfigError
+
+    values: dict[str, Any] = {field: float("nan")}
+    with pytest.raises(ConfigError, match="nan is not in"):
+        Settings(**values)
+
+
+def test_device_names_are_read_as_select_device_reads_them() -> None:
+    from kokoro_service.config import Settings
+
+    for name in ("CUDA", " cpu", "Auto", "cuda:12", "mps:0"):
+        assert Settings(device=name).device == name  # select_device normalises
+
+
+def test_directory_options_refuse_a_file(tmp_path: Path) -> None:
+    plain = tmp_path / "file"
+    plain.write_text("x")
+    for option in ("--model-dir", "--cache-dir"):
+        result = CliRunner().invoke(main, ["serve", option, str(plain)])
+        assert result.exit_code == 2
+        assert "is a file" in result.output
 
 
 def test_every_serve_option_is_a_settings_field() -> None:

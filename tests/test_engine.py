@@ -69,6 +69,21 @@ def test_blend_is_weighted_mean(engine: Engine, tiny_dir: Path) -> None:
     assert engine.voices.get("af_sky:0.75,af_bella:0.25") is blend  # cached once
 
 
+def test_an_unreadable_voice_file_is_refused_when_chosen(tiny_dir: Path, tmp_path: Path) -> None:
+    """CONTROL validation loads the voice file, so a call keeps its voice rather than
+    switching to one whose every segment would fail."""
+    from kokoro_service.voices import VoiceTable
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a tensor")
+    table = VoiceTable({"af_sky": tiny_dir / "voices" / "af_sky.pt", "broken": broken})
+    with pytest.raises(VoiceError, match="unreadable"):
+        table.check("broken")
+    with pytest.raises(VoiceError, match="unreadable"):
+        table.check("af_sky:0.5,broken:0.5")
+    assert table.cached_blends == 0
+
+
 def test_unknown_voice(engine: Engine) -> None:
     with pytest.raises(VoiceError, match="unknown voice nobody; available: af_bella"):
         engine.voices.get("af_sky,nobody")

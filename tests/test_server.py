@@ -323,6 +323,26 @@ def test_cancel_of_queued_frames_keeps_chunk_ids_contiguous(
     assert lengths(reply)[-len(after) :] == after
 
 
+def test_control_applies_to_the_text_that_follows(daemon: DaemonFactory, engine: Engine) -> None:
+    """Text sent before a CONTROL keeps the old settings even when it is not cut yet
+    (no sentence end): the CONTROL cuts it, then the new settings apply."""
+    server = daemon()
+    with socket.create_connection(server.tcp_address, timeout=TEST_TIMEOUT) as s:
+        s.sendall(
+            encode_hello("503")
+            + encode_text("Hello there")
+            + encode_control(Control(speed=2.0, voice="bf_emma"))
+            + encode_text("and goodbye.")
+            + encode_bye()
+        )
+        reply = read_reply(s)
+    assert_clean_reply(reply)
+    before = engine.synthesize("Hello there", voice="af_sky", lang="a").audio
+    after = engine.synthesize("and goodbye.", voice="bf_emma", lang="a", speed=2.0).audio
+    assert before is not None and after is not None
+    assert lengths(reply) == [len(before), len(after)]
+
+
 # --------------------------------------------------------------------------- bad input
 
 
