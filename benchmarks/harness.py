@@ -84,6 +84,31 @@ def cpu_model() -> str:
     return ""
 
 
+# The instruction sets that decide how fast the model's kernels run: an AVX2-only host and
+# an AVX-512/bf16 one of the same name differ by 2.5x.
+_SPEED_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def cpu_flags() -> list[str]:
+    """The speed-relevant CPU flags this host has, from /proc/cpuinfo."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in _SPEED_FLAGS if f in have]
+    return []
+
+
 def git_commit() -> str | None:
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         out = subprocess.run(

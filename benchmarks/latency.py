@@ -117,6 +117,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="print a markdown table of these result files side by side and exit",
     )
     p.add_argument(
+        "--targets-only",
+        action="store_true",
+        help="with --compare: only the CPU/commit row and the targets (the README headline)",
+    )
+    p.add_argument(
         "--wait-idle",
         type=float,
         default=30.0,
@@ -249,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     if ns.compare:
-        print(compare(ns.compare))
+        print(compare(ns.compare, targets_only=ns.targets_only))
         return 0
     res = run(ns)
     print(write_result(res, ns.results_dir, ns.label, plot_it=not ns.no_plot))

@@ -62,7 +62,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.fresh import Weights, layout_once, synth_times  # noqa: E402
-from benchmarks.harness import RESULTS_DIR, cpu_model, git_commit, log  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, cpu_flags, cpu_model, git_commit, log  # noqa: E402
 from kokoro_service.protocol import (  # noqa: E402
     AudioStreamDecoder,
     End,
@@ -568,6 +568,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "threads": threads,
             "cpu_count": os.cpu_count(),
             "cpu_model": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "runs": ns.runs,
             "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
             "git_commit": git_commit(),

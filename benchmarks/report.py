@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.callers import TEXT_ONE, TEXT_THREE
-from benchmarks.harness import ROOT, Daemon, cpu_model, rounded
+from benchmarks.harness import ROOT, Daemon, cpu_flags, cpu_model, rounded
 from benchmarks.phases import Plan
 
 # ------------------------------------------------------------------------------ targets
@@ -203,6 +203,7 @@ def _dig(res: dict[str, Any], path: str) -> Any:
 
 COMPARE_ROWS = (
     ("CPU / commit", "meta.cpu_model", "meta.git_commit"),
+    ("CPU flags", "meta.cpu_flags", None),
     (
         "TTFA one-sentence p50 / p95 (s)",
         "ttfa.one_sentence.ttfa_s.p50",
@@ -259,8 +260,9 @@ COMPARE_ROWS = (
 )
 
 
-def compare(paths: Sequence[Path]) -> str:
-    """A markdown table of the main figures of several result files, side by side."""
+def compare(paths: Sequence[Path], *, targets_only: bool = False) -> str:
+    """A markdown table of the main figures of several result files, side by side; with
+    ``targets_only``, just the CPU/commit row and the targets."""
     results = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
     names = [
         r.get("meta", {}).get("label") or " ".join(r.get("serve_args", [])) or "default"
@@ -277,8 +279,8 @@ def compare(paths: Sequence[Path]) -> str:
             return ",".join(map(str, v)) or "-"
         return "-" if v is None else str(v)
 
-    rows = list(COMPARE_ROWS)
-    max_n = max((len(_dig(r, "capacity.per_n") or []) for r in results), default=0)
+    rows = list(COMPARE_ROWS[:2] if targets_only else COMPARE_ROWS)
+    max_n = 0 if targets_only else max(len(_dig(r, "capacity.per_n") or []) for r in results)
     for n in range(1, max_n + 1):
         rows.append(
             (
@@ -350,6 +352,7 @@ def metadata(ns: argparse.Namespace, plan: Plan, daemon: Daemon | None) -> dict[
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
     }

@@ -67,7 +67,8 @@ def default_torch_threads(device: str, workers: int) -> int | None:
 
 def load_engine(settings: Settings, device: str | None = None) -> Loaded:
     """Resolve the model source, load it, choose the voice and warm up (if asked), in the
-    calling thread.  Every failure is a :class:`StartupError`."""
+    calling thread.  A failure to load is a :class:`StartupError`; one in the warm-up a
+    :class:`SynthesisError` (both exit 3 from :func:`run`)."""
     device = device or choose_device(settings.device)
     threads = settings.torch_threads or default_torch_threads(device, settings.workers)
     try:
