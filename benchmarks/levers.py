@@ -64,6 +64,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from benchmarks.fresh import Weights, layout_once, synth_times  # noqa: E402
 from benchmarks.harness import RESULTS_DIR, cpu_flags, cpu_model, git_commit, log  # noqa: E402
 from kokoro_service.protocol import (  # noqa: E402
+    SAMPLE_RATE,
     AudioStreamDecoder,
     End,
     audio_payload,
@@ -310,7 +311,7 @@ def lever_int8(b: Bench, runs: int) -> dict[str, Any]:
             fidelity.append(float(np.corrcoef(ref[:, :n].ravel(), alt[:, :n].ravel())[0, 1]))
             if hear is not None:
                 for k in models:
-                    pairs[k].append((text, hear(audio[k], 24_000)))
+                    pairs[k].append((text, hear(audio[k], SAMPLE_RATE)))
     finally:
         b.engine.model = fp32
     out: dict[str, Any] = {

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .protocol import (
+    SAMPLE_RATE,
     Audio,
     AudioStreamDecoder,
     Control,
@@ -44,7 +45,7 @@ class Reply:
 
     @property
     def seconds(self) -> float:
-        return sum(len(c.samples) // 4 for c in self.chunks) / 24_000
+        return sum(len(c.samples) // 4 for c in self.chunks) / SAMPLE_RATE
 
 
 class Connection:
