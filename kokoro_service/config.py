@@ -218,9 +218,11 @@ class Settings:
                 continue
             lo, hi, choices = meta["lo"], meta["hi"], meta["choices"]
             if lo is not None or hi is not None:
-                # Written so that NaN fails too: every comparison with NaN is false.
-                inside = (lo is None or value >= lo) and (hi is None or value <= hi)
-                if not inside or not math.isfinite(value):
+                # NaN would pass any comparison-based check (every comparison is false),
+                # and an infinite timeout breaks socket.settimeout().
+                if not math.isfinite(value):
+                    raise ConfigError(f"{value!r} is not a finite number", f.name)
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
                     raise ConfigError(f"{value!r} is not in {range_text(lo, hi)}", f.name)
             if choices is not None and value not in choices:
                 raise ConfigError(f"{value!r} is not one of {', '.join(choices)}", f.name)

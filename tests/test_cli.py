@@ -64,13 +64,14 @@ def test_bad_environment_values_fail_clearly(env: dict[str, str], message: str) 
 @pytest.mark.parametrize(
     "field", ["speed", "hello_timeout", "write_timeout", "drain_timeout", "flush_timeout"]
 )
-def test_nan_is_out_of_every_range(field: str) -> None:
+def test_nan_and_infinity_are_out_of_every_range(field: str) -> None:
     from kokoro_service.config import Settings
     from kokoro_service.errors import ConfigError
 
-    values: dict[str, Any] = {field: float("nan")}
-    with pytest.raises(ConfigError, match="nan is not in"):
-        Settings(**values)
+    for bad in ("nan", "inf"):
+        values: dict[str, Any] = {field: float(bad)}
+        with pytest.raises(ConfigError, match=f"{bad} is not a finite number"):
+            Settings(**values)
 
 
 def test_device_names_are_read_as_select_device_reads_them() -> None:
