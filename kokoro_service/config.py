@@ -27,7 +27,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "KOKORO_"
-_DEVICE = re.compile(r"\s*(auto|cpu|mps|cuda)(:[0-9]+)?\s*", re.IGNORECASE)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_DEVICE = re.compile(rf"\s*({'|'.join(DEVICES)})(:[0-9]+)?\s*", re.IGNORECASE)
 # How often blocked loops (readers, accept, registrar, idle workers) look at the stop flag
 # and their deadlines.
 TICK = 0.25

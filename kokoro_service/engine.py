@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from .config import DEVICES
 from .errors import DeviceUnavailableError, ModelLoadError, SynthesisError, VoiceError
 from .models.sources import REPO_ID, ModelSource
 from .protocol import SAMPLE_RATE
@@ -32,7 +33,6 @@ try:  # kokoro narrates every call through loguru at DEBUG; our own log lines sa
 except ImportError:  # pragma: no cover - kokoro depends on loguru
     pass
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 # kokoro's own language codes; j and z need misaki extras that are not installed by default.
 LANG_CODES = ("a", "b", "e", "f", "h", "i", "p", "j", "z")
 _WARMUP_TEXTS = (
