@@ -14,7 +14,14 @@ LLM does, and measures, in one run:
 * per-segment and overall real-time factor (in-process and from the daemon's log);
 * capacity: N concurrent calls with a simulated real-time player each (stalls);
 * memory: daemon RSS before and after 500 short utterances;
-* cancel: CONTROL ``cancel`` after the first audio, time to the last cancelled frame.
+* cancel: CONTROL ``cancel`` after the first audio, time to the last cancelled frame;
+* wer: Whisper's word error rate on the telephony corpus, heard through the daemon.
+
+``--precisions fp32,auto`` runs all of that once per vocoder precision, one daemon after
+the other in the same run, writes each run's file and a ``-paths`` file with the
+headline figures side by side (RTF per stream, lone-call TTFA p50/p95, largest N with
+zero stalls, WER) and their ratios to fp32; ``--compare-paths`` turns that file into the
+README's table.
 
 Prints the result JSON on stdout and writes ``benchmarks/results/<host>-<date>[-label].json``
 and a PNG of TTFA and stall seconds against concurrency.  Progress goes to stderr.
@@ -28,11 +35,14 @@ ephemeral ports, ready when its ``--ready-file`` appears) and the in-process eng
     .venv/bin/python benchmarks/latency.py                      # full run, ~15 min on 2 cores
     .venv/bin/python benchmarks/latency.py --quick              # smoke test
     .venv/bin/python benchmarks/latency.py --label workers2 --serve-arg=--workers=2
+    .venv/bin/python benchmarks/latency.py --precisions fp32,auto --max-n 6   # ~40 min
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import shlex
 import signal
 import sys
@@ -57,9 +67,18 @@ from benchmarks.phases import (  # noqa: E402
     phase_memory,
     phase_seed,
     phase_ttfa,
+    phase_wer,
     ttfa_once,
 )
-from benchmarks.report import compare, evaluate, metadata, split_ttfa, write_result  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    compare,
+    compare_paths,
+    evaluate,
+    metadata,
+    paths_summary,
+    split_ttfa,
+    write_result,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -115,6 +134,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="JSON",
         help="print a markdown table of these result files side by side and exit",
+    )
+    p.add_argument(
+        "--precisions",
+        default="",
+        help="comma list of --precision values (fp32, bf16, auto) to run one after the "
+        "other, side by side in one run; the first is the baseline",
+    )
+    p.add_argument(
+        "--compare-paths",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="print the markdown table of a -paths result file and exit",
     )
     p.add_argument(
         "--targets-only",
@@ -200,7 +232,10 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         interleaved: InProcess | None = None  # the floor, measured between TTFA runs
         if {"floor", "seed", "cancel"} & set(phases):
             log("in-process engine (daemon idle)")
-            inproc = InProcess(daemon.settings)
+            # The daemon's precision as it resolved it, not a second auto check that
+            # might come out the other way.
+            precision = str(daemon.info.get("precision") or daemon.settings.precision)
+            inproc = InProcess(dataclasses.replace(daemon.settings, precision=precision))
             res["in_process"] = {"source": inproc.description, "voice": inproc.voice}
             if "floor" in phases:
                 interleaved = inproc
@@ -231,6 +266,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                 res["cancel"]["typical_segment_synth_s"] = rtf["in_process"][
                     "typical_segment_synth_s"
                 ]
+        if "wer" in phases:
+            res["wer"] = measured("wer", lambda: phase_wer(daemon))
         rtf["daemon_log"] = log_summary(daemon.since(0))
         res["rtf"] = rtf
         res["memory_end_kib"] = daemon.memory_kib()
@@ -256,8 +293,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.compare:
         print(compare(ns.compare, targets_only=ns.targets_only))
         return 0
-    res = run(ns)
-    print(write_result(res, ns.results_dir, ns.label, plot_it=not ns.no_plot))
+    if ns.compare_paths:
+        print(compare_paths(json.loads(ns.compare_paths.read_text(encoding="utf-8"))))
+        return 0
+    precisions = [p.strip() for p in ns.precisions.split(",") if p.strip()]
+    if not precisions:
+        res = run(ns)
+        print(write_result(res, ns.results_dir, ns.label, plot_it=not ns.no_plot))
+        return 0
+    runs: dict[str, dict[str, Any]] = {}
+    for precision in precisions:
+        one = argparse.Namespace(**vars(ns))
+        one.serve_arg = [*ns.serve_arg, f"--precision={precision}"]
+        one.label = "-".join(x for x in (ns.label, precision) if x)
+        log(f"=== precision {precision}")
+        runs[precision] = run(one)
+        write_result(runs[precision], ns.results_dir, one.label, plot_it=not ns.no_plot)
+    summary = paths_summary(runs)
+    label = "-".join(x for x in (ns.label, "paths") if x)
+    print(write_result(summary, ns.results_dir, label, plot_it=False))
     return 0
 
 

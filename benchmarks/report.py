@@ -316,6 +316,94 @@ def compare(paths: Sequence[Path], *, targets_only: bool = False) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ paths
+
+PATH_FIGURES: tuple[tuple[str, str, str | None, float], ...] = (
+    ("precision the daemon ran", "daemon_ready.precision", None, 0.0),
+    (
+        "RTF per stream (in-process, 3 sentences)",
+        "rtf.in_process.stream_rtf_three_sentence",
+        "<=",
+        1 / 3,
+    ),
+    ("RTF per segment in the daemon (p50)", "rtf.daemon_log.per_segment_rtf.p50", None, 0.0),
+    ("lone-call TTFA p50 (s)", "ttfa.one_sentence.ttfa_s.p50", None, 0.0),
+    ("lone-call TTFA p95 (s)", "ttfa.one_sentence.ttfa_s.p95", None, 0.0),
+    ("largest N with zero stalls", "capacity.largest_n_zero_stalls", ">=", 3.0),
+    ("Whisper WER, telephony corpus", "wer.wer", "delta<=", 0.005),
+)
+
+
+def paths_summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of runs that differ only in ``--precision``, side by side.
+
+    The first run is the baseline: each figure also gets its ratio to it (its difference,
+    for WER), and the issue's targets are judged on those ratios, since seconds do not
+    compare across hosts.
+    """
+    names = list(runs)
+    base = runs[names[0]]
+    rows = []
+    for title, path, op, limit in PATH_FIGURES:
+        row: dict[str, Any] = {"figure": title, "path": path}
+        for name in names:
+            row[name] = _dig(runs[name], path)
+        b = row[names[0]]
+        for name in names[1:]:
+            v = row[name]
+            if not isinstance(v, (int, float)) or not isinstance(b, (int, float)) or not b:
+                continue
+            if op == "delta<=":
+                row[f"{name}_minus_{names[0]}"] = rounded(v - b)
+                row[f"{name}_pass"] = v - b <= limit
+            else:
+                row[f"{name}_over_{names[0]}"] = rounded(v / b, 3)
+                if op == "<=":
+                    row[f"{name}_pass"] = v / b <= limit
+                elif op == ">=":
+                    row[f"{name}_pass"] = v / b >= limit
+        if op is not None:
+            row["target"] = f"ratio {op} {limit:.3g}" if op != "delta<=" else f"+{limit:.3g}"
+        rows.append(row)
+    meta = dict(base.get("meta", {}))
+    meta["paths"] = names
+    meta["result_files"] = {n: runs[n].get("meta", {}).get("result_files") for n in names}
+    return {"meta": meta, "figures": rows}
+
+
+def compare_paths(summary: dict[str, Any]) -> str:
+    """The README table of a ``-paths`` file: a column per path, the ratio to the first."""
+    meta = summary["meta"]
+    names = meta["paths"]
+    head = " | ".join(names)
+    host = f"{meta.get('cpu_model')} @ {str(meta.get('git_commit'))[:7]}"
+    lines = [
+        f"| {host} | {head} | ratio | target |",
+        "|---" * (len(names) + 3) + "|",
+    ]
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return "-" if v is None else str(v)
+
+    for row in summary["figures"]:
+        cells = [fmt(row.get(n)) for n in names]
+        ratio = "-"
+        verdict = ""
+        for n in names[1:]:
+            r = row.get(f"{n}_over_{names[0]}", row.get(f"{n}_minus_{names[0]}"))
+            if r is not None:
+                ratio = fmt(r)
+            if f"{n}_pass" in row:
+                verdict = "PASS" if row[f"{n}_pass"] else "FAIL"
+        target = f"{row.get('target', '')} {verdict}".strip() or "-"
+        lines.append(f"| {row['figure']} | " + " | ".join(cells) + f" | {ratio} | {target} |")
+    flags = ", ".join(f for f in meta.get("cpu_flags") or [] if "512" in f or "amx" in f)
+    lines.append(f"\nCPU flags that matter here: {flags or 'no AVX-512'}.")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ result file
 
 

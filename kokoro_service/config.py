@@ -28,6 +28,7 @@ LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "KOKORO_"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 _DEVICE = re.compile(rf"\s*({'|'.join(DEVICES)})(:[0-9]+)?\s*", re.IGNORECASE)
 # How often blocked loops (readers, accept, registrar, idle workers) look at the stop flag
 # and their deadlines.
@@ -128,6 +129,13 @@ class Settings:
     )
     device: str = knob(
         "auto", "auto, cpu, cuda, cuda:N or mps. A named device that is missing fails start-up."
+    )
+    precision: str = knob(
+        "auto",
+        "Vocoder arithmetic: fp32; bf16 (needs bf16 instructions: AVX512-BF16/AMX, or a "
+        "bf16 GPU); auto: bf16 where the warm-up measures it faster and it passes the "
+        "start-up quality check, else fp32. A named precision the host lacks fails start-up.",
+        choices=PRECISIONS,
     )
     model_dir: Path | None = knob(
         None,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from .config import Settings
-from .engine import Engine, WarmUp, probe_devices, select_device
+from .engine import Engine, PrecisionCheck, WarmUp, bf16_unavailable, probe_devices, select_device
 from .errors import KokoroServiceError, StartupError, VoiceError
 from .models.sources import resolve_source
 from .readiness import Readiness
@@ -42,6 +42,7 @@ class Loaded:
     voice: str
     warm: WarmUp | None
     workers: int = 1
+    precision_check: PrecisionCheck | None = None
 
     @property
     def calls_in_real_time(self) -> float | None:
@@ -77,8 +78,9 @@ def load_engine(settings: Settings, device: str | None = None) -> Loaded:
     except VoiceError as exc:  # the default language cannot be loaded
         raise StartupError(str(exc)) from exc
     voice = choose_voice(engine.voices, settings.voice, engine.source.description)
+    check = choose_precision(engine, settings, voice)
     warm = engine.warm_up(voice, settings.lang) if settings.warmup else None
-    loaded = Loaded(engine, voice, warm, workers=settings.workers)
+    loaded = Loaded(engine, voice, warm, workers=settings.workers, precision_check=check)
     if warm is not None:
         # What an operator sizes a host by: beyond this many calls speaking at once,
         # no segmentation keeps every player fed and stalls are certain.
@@ -92,6 +94,31 @@ def load_engine(settings: Settings, device: str | None = None) -> Loaded:
         )
     log.info("torch intra-op threads per worker: %s", threads or "torch default")
     return loaded
+
+
+def choose_precision(engine: Engine, settings: Settings, voice: str) -> PrecisionCheck | None:
+    """Put the engine in the precision ``--precision`` asks for, and say which and why.
+
+    ``auto`` compares bf16 with fp32 on this host as part of the warm-up (so not without
+    it) and keeps fp32 unless bf16 is both faster and passes the quality check.  A named
+    precision that the device cannot run is a :class:`StartupError`.
+    """
+    check = None
+    if settings.precision != "auto":
+        engine.use_precision(settings.precision)
+        why = "as --precision asks"
+    elif (unavailable := bf16_unavailable(engine.device)) is not None:
+        why = f"auto: {unavailable}"
+    elif not settings.warmup:
+        why = "auto without the warm-up, which is where bf16 is checked"
+    else:
+        check = engine.compare_precisions(voice, settings.lang)
+        why = (
+            f"auto: {check.reason}; RTF bf16 {check.bf16_rtf:.3f} vs fp32 {check.fp32_rtf:.3f}, "
+            f"log-mel distance {check.distance:.3f} (limit {check.limit:.3f})"
+        )
+    log.info("vocoder precision %s (%s)", engine.precision, why)
+    return check
 
 
 def load_off_main_thread(settings: Settings, device: str | None = None) -> Loaded:
@@ -170,6 +197,10 @@ def _ready_info(settings: Settings, server: Server, loaded: Loaded) -> dict[str,
         "model_source": loaded.engine.source.kind,
         "workers": settings.workers,
         "torch_threads": loaded.engine.torch_threads,
+        "precision": loaded.engine.precision,
+        "precision_check": (
+            None if loaded.precision_check is None else loaded.precision_check.as_dict()
+        ),
         "rtf": None if loaded.warm is None else round(loaded.warm.rtf, 4),
         "calls_in_real_time": (
             None if loaded.calls_in_real_time is None else round(loaded.calls_in_real_time, 2)

@@ -19,9 +19,16 @@ import numpy.typing as npt
 import torch
 
 from .config import DEVICES
-from .errors import DeviceUnavailableError, ModelLoadError, SynthesisError, VoiceError
+from .errors import (
+    DeviceUnavailableError,
+    ModelLoadError,
+    PrecisionUnavailableError,
+    SynthesisError,
+    VoiceError,
+)
 from .models.sources import REPO_ID, ModelSource
 from .protocol import SAMPLE_RATE
+from .quality import log_mel_distance
 from .voices import VoiceTable
 
 log = logging.getLogger("kokoro_service.engine")
@@ -41,6 +48,19 @@ _WARMUP_TEXTS = (
     "I can see your appointment on Tuesday at three thirty with Doctor Patel, and I can also "
     "move it to Wednesday morning or Thursday afternoon if either of those works better for you.",
 )
+# The precision check's sentences: everyday phone content, about seven seconds of audio.
+_CHECK_TEXTS = (
+    "Hello, thanks for calling. How can I help you today?",
+    "Your prescription is ready for pickup at the pharmacy on Main Street after four.",
+)
+# bf16 is kept only if it moves the log-mel spectrogram by at most this many times what
+# Kokoro's own noise source moves it between two fp32 renderings of the same phonemes.
+# bf16 measured 2.2x on the embedded weights (0.110 against 0.051) with an unchanged
+# Whisper WER; torch's dynamic int8, which took Whisper's WER from 2% to 39%, is far
+# beyond it (see docs/performance.md).
+PRECISION_GATE_FACTOR = 3.0
+# bf16 must also be clearly faster: within 5% is noise, and fp32 is the reference.
+_MIN_GAIN = 0.95
 
 
 # ------------------------------------------------------------------------------ devices
@@ -66,6 +86,25 @@ def select_device(requested: str, *, cuda_available: bool, mps_available: bool) 
     if base == "mps" and not mps_available:
         raise DeviceUnavailableError(f"device {requested!r} was requested but MPS is not available")
     return req
+
+
+def bf16_unavailable(device: str) -> str | None:
+    """Why ``device`` cannot run bf16 at speed, or None when it can.
+
+    Without bf16 instructions oneDNN emulates bf16 in fp32 and is slower than plain fp32,
+    so such a CPU is refused rather than silently slowed down.
+    """
+    base = device.split(":", 1)[0]
+    if base == "cpu":
+        cpu = torch.cpu
+        native = any(
+            getattr(cpu, probe, lambda: False)()
+            for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
+        return None if native else "this CPU has neither AVX512-BF16 nor AMX"
+    if base == "cuda":
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 arithmetic"
+    return f"bf16 is not offered on {base}"
 
 
 def probe_devices() -> tuple[bool, bool]:
@@ -99,6 +138,53 @@ class WarmUp:
     """Synthesis seconds per second of audio, one worker's threads, warm."""
 
 
+@dataclass(frozen=True, slots=True)
+class PrecisionCheck:
+    """The start-up comparison of bf16 against fp32 on this host, and what it chose."""
+
+    chosen: str
+    reason: str
+    fp32_rtf: float
+    bf16_rtf: float
+    distance: float
+    """Log-mel distance of bf16 from fp32, the same noise in both."""
+    spread: float
+    """Log-mel distance of fp32 from fp32 with other noise: the model's own variation."""
+
+    @property
+    def limit(self) -> float:
+        return PRECISION_GATE_FACTOR * self.spread
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "chosen": self.chosen,
+            "reason": self.reason,
+            "fp32_rtf": round(self.fp32_rtf, 4),
+            "bf16_rtf": round(self.bf16_rtf, 4),
+            "log_mel_distance": round(self.distance, 4),
+            "log_mel_limit": round(self.limit, 4),
+        }
+
+
+class _Bf16Decoder(torch.nn.Module):
+    """Kokoro's decoder (the vocoder) with its convolutions and linear layers in bf16.
+
+    Only the decoder, which does about 95% of the arithmetic: the text side (ALBERT, the
+    duration predictor) stays fp32, so every duration, and so the timing of every word,
+    is exactly fp32's.  Norms, activations and the iSTFT stay fp32 under autocast.
+    """
+
+    def __init__(self, decoder: torch.nn.Module, device_type: str) -> None:
+        super().__init__()
+        self.inner = decoder
+        self.device_type = device_type
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out: torch.Tensor = self.inner(*args)
+        return out.float()
+
+
 class Engine:
     """Owns the one shared ``KModel``, a ``KPipeline`` (misaki G2P) per language, and voices.
 
@@ -108,6 +194,7 @@ class Engine:
     2. Turn a text segment into phonemes (serialised per language: G2P is not thread-safe)
        and run the model under ``inference_mode`` (concurrently: the model is read-only).
     3. Hold the voice table (:mod:`.voices`) of the model's voice files.
+    4. Switch the vocoder between fp32 and bf16 before serving, and compare the two.
     """
 
     def __init__(
@@ -153,6 +240,83 @@ class Engine:
         self._failed: dict[str, str] = {}
         self._pipelines_lock = threading.Lock()
         self.pipeline(default_lang)
+        self.precision = "fp32"
+        self._decoders: dict[str, torch.nn.Module] = {"fp32": self.model.decoder}
+
+    # -- precision ---------------------------------------------------------------------
+
+    def use_precision(self, precision: str) -> None:
+        """Run the vocoder in ``precision`` ("fp32" or "bf16") from now on.
+
+        Only before serving: the model is shared by the workers without a lock.
+        """
+        if precision not in ("fp32", "bf16"):
+            raise PrecisionUnavailableError(f"unknown precision {precision!r}")
+        if precision == "bf16" and "bf16" not in self._decoders:
+            why = bf16_unavailable(self.device)
+            if why is not None:
+                raise PrecisionUnavailableError(
+                    f"precision bf16 was requested but {why} (device {self.device})"
+                )
+            device_type = self.device.split(":", 1)[0]
+            self._decoders["bf16"] = _Bf16Decoder(self._decoders["fp32"], device_type)
+        self.model.decoder = self._decoders[precision]
+        self.precision = precision
+
+    def compare_precisions(self, voice: str, lang: str) -> PrecisionCheck:
+        """Render the check sentences in fp32 and bf16 with the same noise, and pick one.
+
+        bf16 is chosen only if it is clearly faster here and its log-mel distance from
+        fp32 stays within :data:`PRECISION_GATE_FACTOR` times fp32's own spread (fp32
+        against fp32 with other noise).  Leaves the engine in the chosen precision.
+        """
+        self.use_precision("bf16")
+        self.synthesize(_WARMUP_TEXTS[0], voice=voice, lang=lang)  # bf16 kernels' first use
+        seconds = {"fp32": 0.0, "bf16": 0.0}
+        audio_s = 0.0
+        distances, spreads = [], []
+        for text in _CHECK_TEXTS:
+            # Interleaved, so that both precisions see the machine in the same state.
+            a = self._seeded(text, voice, lang, "fp32", seed=1)
+            b = self._seeded(text, voice, lang, "bf16", seed=1)
+            c = self._seeded(text, voice, lang, "fp32", seed=2)
+            if a.audio is None or b.audio is None or c.audio is None:
+                raise SynthesisError("the precision check's sentences produced no audio")
+            seconds["fp32"] += (a.seconds + c.seconds) / 2
+            seconds["bf16"] += b.seconds
+            audio_s += a.audio_seconds
+            distances.append(log_mel_distance(a.audio, b.audio))
+            spreads.append(log_mel_distance(a.audio, c.audio))
+        fp32_rtf, bf16_rtf = seconds["fp32"] / audio_s, seconds["bf16"] / audio_s
+        distance = sum(distances) / len(distances)
+        spread = sum(spreads) / len(spreads)
+        limit = PRECISION_GATE_FACTOR * spread
+        if distance > limit:
+            chosen, reason = (
+                "fp32",
+                f"bf16 changes the sound too much ({distance:.3f} > {limit:.3f})",
+            )
+        elif bf16_rtf > fp32_rtf * _MIN_GAIN:
+            chosen, reason = "fp32", "bf16 is not clearly faster here"
+        else:
+            chosen, reason = "bf16", "bf16 is faster and passes the quality check"
+        self.use_precision(chosen)
+        return PrecisionCheck(chosen, reason, fp32_rtf, bf16_rtf, distance, spread)
+
+    def _seeded(self, text: str, voice: str, lang: str, precision: str, seed: int) -> Synthesis:
+        """One synthesis in ``precision`` with the noise source seeded, the RNG restored."""
+        self.use_precision(precision)
+        base = self.device.split(":", 1)[0]
+        fork = (
+            torch.random.fork_rng(devices=[])
+            if base == "cpu"
+            else torch.random.fork_rng(
+                devices=[torch.device(self.device).index or 0], device_type=base
+            )
+        )
+        with fork:
+            torch.manual_seed(seed)
+            return self.synthesize(text, voice=voice, lang=lang)
 
     # -- languages ---------------------------------------------------------------------
 

@@ -31,6 +31,10 @@ class DeviceUnavailableError(StartupError):
     """The user named a device that this machine does not have."""
 
 
+class PrecisionUnavailableError(StartupError):
+    """The user named an arithmetic precision that this device cannot run at speed."""
+
+
 class ModelLoadError(StartupError):
     """Model weights or config could not be found or loaded."""
 
