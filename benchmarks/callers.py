@@ -25,6 +25,30 @@ TEXT_THREE = (
 )
 # Short, complete utterances for the memory soak; each must segment fully on push().
 # No commas: one segment each whether or not the daemon sees it as an utterance start.
+# The WER phase's corpus: everyday phone content of a voice agent, none of it in the test
+# suite's corpus, so the benchmark does not score what the tests were tuned on.
+WER_SENTENCES = (
+    "Good morning, you have reached Riverside Veterinary Clinic.",
+    "Your table for four is booked for Saturday at seven in the evening.",
+    "I have moved your delivery to Thursday between noon and three.",
+    "The technician will arrive at your house tomorrow morning.",
+    "Can I have the last four digits of your account number, please?",
+    "Your refund of forty two dollars has been sent to your card.",
+    "We are closed on Sunday, but you can leave a message after the tone.",
+    "Please stay on the line and a nurse will be with you shortly.",
+    "Your flight to Denver is delayed by about forty minutes.",
+    "I can book you with Doctor Lee on Friday afternoon instead.",
+    "The pharmacy closes at nine tonight and opens at eight tomorrow.",
+    "Would you like me to send the confirmation by text message?",
+    "Your car is ready, and the total comes to one hundred and ten dollars.",
+    "I am sorry, that time is taken. How about half past two?",
+    "Your package was left at the front door this afternoon.",
+    "Please bring your insurance card and a photo ID to the visit.",
+    "The store on Oak Avenue has three of them in stock today.",
+    "I will transfer you to billing now. Thank you for waiting.",
+    "Your new password has been sent to the email we have on file.",
+    "Is there anything else I can help you with today?",
+)
 MEMORY_TEXTS = (
     "Okay.",
     "Got it thanks.",

@@ -98,6 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--memory-utterances", type=int, default=None, help="utterances in memory soak [500]"
     )
     p.add_argument("--cancel-runs", type=int, default=None, help="measured cancel runs [5]")
+    p.add_argument("--wer-repeats", type=int, default=None, help="passes over the WER corpus [3]")
     p.add_argument(
         "--token-delay-ms",
         type=float,
@@ -165,7 +166,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def make_plan(ns: argparse.Namespace) -> Plan:
     quick = ns.quick
-    defaults = Plan(3, 1, 2, 1, 2, 1, 20, 2) if quick else Plan(20, 3, 10, 3, 4, 3, 500, 5)
+    defaults = Plan(3, 1, 2, 1, 2, 1, 20, 2, 1) if quick else Plan(20, 3, 10, 3, 4, 3, 500, 5, 3)
 
     def pick(value: int | None, default: int, minimum: int) -> int:
         chosen = default if value is None else value
@@ -182,6 +183,7 @@ def make_plan(ns: argparse.Namespace) -> Plan:
         repeats=pick(ns.repeats, defaults.repeats, 1),
         memory_utterances=pick(ns.memory_utterances, defaults.memory_utterances, 1),
         cancel_runs=pick(ns.cancel_runs, defaults.cancel_runs, 1),
+        wer_repeats=pick(ns.wer_repeats, defaults.wer_repeats, 1),
     )
 
 
@@ -267,7 +269,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                     "typical_segment_synth_s"
                 ]
         if "wer" in phases:
-            res["wer"] = measured("wer", lambda: phase_wer(daemon))
+            res["wer"] = measured("wer", lambda: phase_wer(daemon, plan))
         rtf["daemon_log"] = log_summary(daemon.since(0))
         res["rtf"] = rtf
         res["memory_end_kib"] = daemon.memory_kib()

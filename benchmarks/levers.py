@@ -23,7 +23,12 @@ the alternative:
   fp32 GEMM rate, which together bound the real-time factor from below;
 * ``int8``: the generator's convolutions in fp32 (kept) against torch's dynamic int8
   quantization of them: time per segment, spectral fidelity against fp32 and, where the
-  test extras are installed, Whisper's word error rate on the telephony corpus.
+  test extras are installed, Whisper's word error rate on the telephony corpus;
+* ``precision``: the vocoder in fp32 (the baseline), in bf16 (``--precision bf16``, what
+  auto picks on a bf16 CPU), bf16 autocast over the whole model, and, with
+  ``--compile``, the bf16 vocoder under ``torch.compile``: RTF over telephony sentences,
+  log-mel distance from fp32 with the same noise, beside fp32's own noise spread, and
+  Whisper's WER where the test extras are installed.
 
 Every engine is loaded by the product's own loader (:mod:`kokoro_service.daemon`). The
 engine levers run on this process's main thread; ``denormals``, ``warmup`` and ``layout``
@@ -84,6 +89,7 @@ LEVERS = (
     "layout",
     "int8",
     "profile",
+    "precision",
 )
 # The first segment the daemon cuts from the benchmark's three-sentence reply.
 SEGMENT = "Thanks for calling Acme Dental,"
@@ -154,6 +160,7 @@ class Bench:
                 device="cpu",
                 torch_threads=threads,
                 warmup=True,
+                precision="fp32",  # the levers below compare against fp32 eager
             )
         )
         self.engine = loaded.engine
@@ -328,17 +335,117 @@ def lever_int8(b: Bench, runs: int) -> dict[str, Any]:
     return out
 
 
-def _gemm_gflops(threads: int) -> float:
-    """This host's fp32 matrix-multiply rate at ``threads``: the practical compute ceiling."""
+def lever_precision(b: Bench, runs: int, with_compile: bool) -> dict[str, Any]:
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from kokoro_service.quality import log_mel_distance
+    from tests.asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
+
+    hear = transcribe if importlib.util.find_spec("faster_whisper") else None
+    e = b.engine
+    texts = TELEPHONY_SENTENCES[:6]
+    fp32_decoder = e.model.decoder
+    e.use_precision("bf16")
+    bf16_decoder = e.model.decoder
+    e.use_precision("fp32")
+    variants: dict[str, tuple[str, Callable[[], contextlib.AbstractContextManager[Any]]]] = {
+        "fp32": ("fp32", contextlib.nullcontext),
+        "bf16_vocoder": ("bf16", contextlib.nullcontext),
+        "bf16_autocast_whole_model": (
+            "fp32",
+            functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16),
+        ),
+    }
+    compile_s = None
+    if with_compile:
+        compiled = torch.compile(bf16_decoder, dynamic=True)
+        e.model.decoder = compiled
+        t0 = time.perf_counter()
+        e.synthesize(texts[0], voice=b.voice, lang="a")  # the compile, paid once
+        compile_s = time.perf_counter() - t0
+        variants["bf16_vocoder_compiled"] = ("compiled", contextlib.nullcontext)
+    decoders = {"fp32": fp32_decoder, "bf16": bf16_decoder}
+    if with_compile:
+        decoders["compiled"] = compiled
+
+    def render(name: str, text: str, seed: int = 1) -> Any:
+        decoder, mode = variants[name]
+        e.model.decoder = decoders[decoder]
+        with torch.random.fork_rng(devices=[]), mode():
+            torch.manual_seed(seed)
+            return e.synthesize(text, voice=b.voice, lang="a")
+
+    try:
+        for name in variants:
+            render(name, texts[0])  # first use of each path's kernels
+        seconds = {k: 0.0 for k in variants}
+        audio_s = {k: 0.0 for k in variants}
+        for _ in range(runs):
+            for text in texts:
+                for name in variants:  # taking turns, so drift hits every variant alike
+                    r = render(name, text)
+                    seconds[name] += r.seconds
+                    audio_s[name] += r.audio_seconds
+        quality: dict[str, dict[str, Any]] = {
+            k: {"distance": [], "length_ratio": []} for k in variants
+        }
+        pairs: dict[str, list[tuple[str, str]]] = {k: [] for k in variants}
+        spread = []
+        for text in TELEPHONY_SENTENCES:
+            ref = render("fp32", text).audio
+            spread.append(log_mel_distance(ref, render("fp32", text, seed=2).audio))
+            for name in variants:
+                audio = ref if name == "fp32" else render(name, text).audio
+                quality[name]["length_ratio"].append(len(audio) / len(ref))
+                if len(audio) == len(ref):  # same durations: the spectrograms line up
+                    quality[name]["distance"].append(log_mel_distance(ref, audio))
+                if hear is not None:
+                    pairs[name].append((text, hear(audio, SAMPLE_RATE)))
+    finally:
+        e.model.decoder = fp32_decoder
+        e.use_precision("fp32")
+    base = seconds["fp32"] / audio_s["fp32"]
+    out: dict[str, Any] = {
+        "what": "vocoder precision: fp32 eager (baseline) vs bf16 vocoder (kept, what auto "
+        "picks here) vs bf16 autocast over the whole model"
+        + (" vs the bf16 vocoder under torch.compile" if with_compile else ""),
+        "sentences_timed": len(texts),
+        "passes": runs,
+        "fp32_noise_spread_log_mel": round(float(np.mean(spread)), 4),
+        "variants": {},
+    }
+    for name in variants:
+        rtf = seconds[name] / audio_s[name]
+        q = quality[name]
+        row: dict[str, Any] = {
+            "rtf": round(rtf, 4),
+            "rtf_over_fp32": round(rtf / base, 3),
+            "durations_unchanged": all(x == 1.0 for x in q["length_ratio"]),
+            "log_mel_distance": round(float(np.mean(q["distance"])), 4) if q["distance"] else None,
+        }
+        if hear is not None:
+            row["whisper_wer"] = round(corpus_word_error_rate(pairs[name]), 4)
+        out["variants"][name] = row
+    if compile_s is not None:
+        out["compile_first_call_s"] = round(compile_s, 1)
+    return out
+
+
+def _gemm_gflops(threads: int, dtype: str = "float32") -> float:
+    """This host's matrix-multiply rate at ``threads``: the practical compute ceiling."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(2048, 2048, dtype=kind), torch.randn(2048, 2048, dtype=kind)
     best = min(timed(lambda: a @ b, 10, warmup=3))
     return 2 * 2048**3 / best / 1e9
 
 
-def _conv_algorithms(threads: int, runs: int) -> dict[str, Any]:
+def _conv_algorithms(threads: int, runs: int, bf16: bool) -> dict[str, Any]:
     """The generator's hottest convolution shape (128 channels, 16 k frames, kernel 11)
     through oneDNN (what torch picks), torch's own im2col+GEMM path, and a sum of one GEMM
     per kernel tap: GFLOP/s of each, so the ceiling is measured, not assumed."""
@@ -350,8 +457,13 @@ def _conv_algorithms(threads: int, runs: int) -> dict[str, Any]:
     pad = dilation * (kernel - 1) // 2
     x, w, bias = torch.randn(1, channels, frames), torch.randn(channels, channels, kernel), None
 
+    xb, wb = x.bfloat16(), w.bfloat16()
+
     def onednn() -> object:
         return functional.conv1d(x, w, bias, padding=pad, dilation=dilation)
+
+    def onednn_bf16() -> object:
+        return functional.conv1d(xb, wb, bias, padding=pad, dilation=dilation)
 
     def native() -> object:
         with torch.backends.mkldnn.flags(enabled=False):
@@ -366,16 +478,36 @@ def _conv_algorithms(threads: int, runs: int) -> dict[str, Any]:
 
     flop = 2 * channels * channels * kernel * frames
     with torch.inference_mode():
-        times = alternating({"onednn": onednn, "im2col_gemm": native, "gemm_per_tap": taps}, runs)
+        variants = {"onednn": onednn, "im2col_gemm": native, "gemm_per_tap": taps}
+        if bf16:
+            variants["onednn_bf16"] = onednn_bf16
+        times = alternating(variants, runs)
     return {
         "shape": f"conv1d {channels}->{channels} ch, {frames} frames, k={kernel}, d={dilation}",
         "gflops": {k: round(flop / statistics.median(v) / 1e9, 1) for k, v in times.items()},
     }
 
 
-def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
+def _self_cpu_shares(b: Bench) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        b.engine.synthesize(SEGMENT, voice=b.voice, lang="a")
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    self_total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return {e.key: round(e.self_cpu_time_total / self_total, 4) for e in events[:12]}
+
+
+def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
+    """Where a segment's time goes, and the fastest RTF this host's arithmetic allows.
+
+    The bound is the forward's floating-point operations per second of audio at the
+    host's own measured matrix-multiply rate, for fp32 and (where the CPU has it) bf16:
+    no kernel does convolutions faster than a large GEMM of the same type.
+    """
     from torch.utils.flop_counter import FlopCounterMode
+
+    from kokoro_service.engine import bf16_unavailable
 
     synth = [b.engine.synthesize(SEGMENT, voice=b.voice, lang="a") for _ in range(runs)]
     seconds = statistics.median(r.seconds for r in synth)
@@ -384,13 +516,11 @@ def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
         b.engine.synthesize(SEGMENT, voice=b.voice, lang="a")
     total = counter.get_total_flops()
     by_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        b.engine.synthesize(SEGMENT, voice=b.voice, lang="a")
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    self_total = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares = _self_cpu_shares(b)
     gflops = _gemm_gflops(b.threads)
     per_audio_s = total / audio_s / 1e9
-    return {
+    bf16 = bf16_unavailable("cpu") is None
+    out: dict[str, Any] = {
         "segment": SEGMENT,
         "synth_s_p50": round(seconds, 4),
         "audio_s": round(audio_s, 4),
@@ -400,11 +530,27 @@ def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
         "achieved_gflops": round(total / seconds / 1e9, 1),
         "host_gemm_gflops": round(gflops, 1),
         "rtf_lower_bound_at_gemm_rate": round(per_audio_s / gflops, 4),
-        "hot_convolution": _conv_algorithms(b.threads, runs),
-        "self_cpu_share_by_op": {
-            e.key: round(e.self_cpu_time_total / self_total, 4) for e in events[:12]
-        },
+        "hot_convolution": _conv_algorithms(b.threads, runs, bf16),
+        "self_cpu_share_by_op": shares,
     }
+    if bf16:
+        b.engine.use_precision("bf16")
+        try:
+            synth = [b.engine.synthesize(SEGMENT, voice=b.voice, lang="a") for _ in range(runs)]
+            bf16_shares = _self_cpu_shares(b)
+        finally:
+            b.engine.use_precision("fp32")
+        bf16_s = statistics.median(r.seconds for r in synth)
+        bf16_gflops = _gemm_gflops(b.threads, "bfloat16")
+        bound = per_audio_s / bf16_gflops
+        out["bf16_vocoder"] = {
+            "rtf": round(bf16_s / audio_s, 4),
+            "host_gemm_gflops": round(bf16_gflops, 1),
+            "rtf_lower_bound_at_gemm_rate": round(bound, 4),
+            "lower_bound_over_fp32_rtf": round(bound / (seconds / audio_s), 3),
+            "self_cpu_share_by_op": bf16_shares,
+        }
+    return out
 
 
 # ------------------------------------------------------------------------ TCP_NODELAY
@@ -576,7 +722,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         }
     }
     engine_levers = [
-        x for x in levers if x in ("grad", "threads", "voices", "copies", "int8", "profile")
+        x
+        for x in levers
+        if x in ("grad", "threads", "voices", "copies", "int8", "profile", "precision")
     ]
     if engine_levers:
         b = Bench(weights, threads)
@@ -589,6 +737,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "copies": lambda: lever_copies(b, ns.runs),
             "int8": lambda: lever_int8(b, ns.runs),
             "profile": lambda: lever_profile(b, ns.runs),
+            "precision": lambda: lever_precision(b, max(1, ns.runs // 5), ns.compile),
         }
         for name in engine_levers:
             with phase(name):
@@ -620,6 +769,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         default=None,
         help="Kokoro checkout to load instead of the daemon's default source",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="precision lever: also time the bf16 vocoder under torch.compile (minutes)",
     )
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--label", default="", help="appended to the result file's date")

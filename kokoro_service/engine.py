@@ -207,6 +207,8 @@ class Engine:
     ) -> None:
         from kokoro import KModel
 
+        from .models.rewrites import fuse_residual_blocks
+
         self.torch_threads = torch_threads
         self.bind_thread()
         self.source = source
@@ -223,14 +225,16 @@ class Engine:
             )
             _verify_loaded(model, source.weights_path)
             _fold_weight_norm(model)
+            fused = fuse_residual_blocks(model)
             self.model = model.to(device).eval()
         except Exception as exc:  # any failure here (pickle, shapes, config) is fatal
             raise ModelLoadError(f"cannot load the model from {source.description}: {exc}") from exc
         log.info(
-            "model loaded source=%s device=%s params=%.1fM seconds=%.2f",
+            "model loaded source=%s device=%s params=%.1fM fused_blocks=%d seconds=%.2f",
             source.kind,
             device,
             sum(p.numel() for p in self.model.parameters()) / 1e6,
+            fused,
             time.perf_counter() - t0,
         )
         # Lock order: a language's building lock, then _pipelines_lock (held only briefly).
@@ -277,9 +281,9 @@ class Engine:
         distances, spreads = [], []
         for text in _CHECK_TEXTS:
             # Interleaved, so that both precisions see the machine in the same state.
-            a = self._seeded(text, voice, lang, "fp32", seed=1)
-            b = self._seeded(text, voice, lang, "bf16", seed=1)
-            c = self._seeded(text, voice, lang, "fp32", seed=2)
+            a = self.synthesize_seeded(text, voice, lang, "fp32", seed=1)
+            b = self.synthesize_seeded(text, voice, lang, "bf16", seed=1)
+            c = self.synthesize_seeded(text, voice, lang, "fp32", seed=2)
             if a.audio is None or b.audio is None or c.audio is None:
                 raise SynthesisError("the precision check's sentences produced no audio")
             seconds["fp32"] += (a.seconds + c.seconds) / 2
@@ -303,7 +307,9 @@ class Engine:
         self.use_precision(chosen)
         return PrecisionCheck(chosen, reason, fp32_rtf, bf16_rtf, distance, spread)
 
-    def _seeded(self, text: str, voice: str, lang: str, precision: str, seed: int) -> Synthesis:
+    def synthesize_seeded(
+        self, text: str, voice: str, lang: str, precision: str, seed: int
+    ) -> Synthesis:
         """One synthesis in ``precision`` with the noise source seeded, the RNG restored."""
         self.use_precision(precision)
         base = self.device.split(":", 1)[0]
