@@ -359,6 +359,9 @@ def lever_precision(b: Bench, runs: int, with_compile: bool) -> dict[str, Any]:
             functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16),
         ),
     }
+    # The known-bad reference: torch's dynamic int8 generator, whose words Whisper loses.
+    int8_decoder = _quantized_generator(e.model).decoder
+    variants["int8_dynamic_generator"] = ("int8", contextlib.nullcontext)
     compile_s = None
     if with_compile:
         compiled = torch.compile(bf16_decoder, dynamic=True)
@@ -367,7 +370,7 @@ def lever_precision(b: Bench, runs: int, with_compile: bool) -> dict[str, Any]:
         e.synthesize(texts[0], voice=b.voice, lang="a")  # the compile, paid once
         compile_s = time.perf_counter() - t0
         variants["bf16_vocoder_compiled"] = ("compiled", contextlib.nullcontext)
-    decoders = {"fp32": fp32_decoder, "bf16": bf16_decoder}
+    decoders = {"fp32": fp32_decoder, "bf16": bf16_decoder, "int8": int8_decoder}
     if with_compile:
         decoders["compiled"] = compiled
 
@@ -410,7 +413,8 @@ def lever_precision(b: Bench, runs: int, with_compile: bool) -> dict[str, Any]:
     base = seconds["fp32"] / audio_s["fp32"]
     out: dict[str, Any] = {
         "what": "vocoder precision: fp32 eager (baseline) vs bf16 vocoder (kept, what auto "
-        "picks here) vs bf16 autocast over the whole model"
+        "picks here) vs bf16 autocast over the whole model vs dynamic int8 generator "
+        "convolutions (the known-bad reference)"
         + (" vs the bf16 vocoder under torch.compile" if with_compile else ""),
         "sentences_timed": len(texts),
         "passes": runs,

@@ -55,9 +55,9 @@ _CHECK_TEXTS = (
 )
 # bf16 is kept only if it moves the log-mel spectrogram by at most this many times what
 # Kokoro's own noise source moves it between two fp32 renderings of the same phonemes.
-# bf16 measured 2.2x on the embedded weights (0.110 against 0.051) with an unchanged
-# Whisper WER; torch's dynamic int8, which took Whisper's WER from 2% to 39%, is far
-# beyond it (see docs/performance.md).
+# bf16 measured 2.2x on the embedded weights (0.109 against 0.051) with an unchanged
+# Whisper WER; the figures, and torch's dynamic int8 as the known-bad reference, are in
+# benchmarks/README.md (levers.py --only precision).
 PRECISION_GATE_FACTOR = 3.0
 # bf16 must also be clearly faster: within 5% is noise, and fp32 is the reference.
 _MIN_GAIN = 0.95
