@@ -24,6 +24,9 @@ the alternative:
 * ``int8``: the generator's convolutions in fp32 (kept) against torch's dynamic int8
   quantization of them: time per segment, spectral fidelity against fp32 and, where the
   test extras are installed, Whisper's word error rate on the telephony corpus;
+* ``fused``: the vocoder's residual blocks with the fused forward (kept,
+  :mod:`kokoro_service.models.rewrites`) against kokoro's stock forward, in fp32 and in
+  bf16, with the largest sample difference;
 * ``precision``: the vocoder in fp32 (the baseline), in bf16 (``--precision bf16``, what
   auto picks on a bf16 CPU), bf16 autocast over the whole model, and, with
   ``--compile``, the bf16 vocoder under ``torch.compile``: RTF over telephony sentences,
@@ -90,6 +93,7 @@ LEVERS = (
     "int8",
     "profile",
     "precision",
+    "fused",
 )
 # The first segment the daemon cuts from the benchmark's three-sentence reply.
 SEGMENT = "Thanks for calling Acme Dental,"
@@ -332,6 +336,56 @@ def lever_int8(b: Bench, runs: int) -> dict[str, Any]:
     if hear is not None:
         out["whisper_wer"] = {k: round(corpus_word_error_rate(v), 4) for k, v in pairs.items()}
         out["int8_transcripts"] = [h for _, h in pairs["int8"]]
+    return out
+
+
+def lever_fused(b: Bench, runs: int) -> dict[str, Any]:
+    from kokoro.istftnet import AdaINResBlock1
+
+    from kokoro_service.models.rewrites import FusedAdaINResBlock1
+    from tests.asr import TELEPHONY_SENTENCES
+
+    e = b.engine
+    blocks = [m for m in e.model.modules() if isinstance(m, FusedAdaINResBlock1)]
+    classes = {"fused": FusedAdaINResBlock1, "stock": AdaINResBlock1}
+    texts = TELEPHONY_SENTENCES[:6]
+    out: dict[str, Any] = {
+        "what": "AdaINResBlock1 with the fused forward (kept) vs kokoro's stock forward",
+        "blocks": len(blocks),
+        "sentences_timed": len(texts),
+        "passes": runs,
+    }
+
+    def render(name: str, text: str, precision: str) -> Any:
+        for block in blocks:  # the same parameters, the other forward
+            block.__class__ = classes[name]
+        return e.synthesize_seeded(text, b.voice, "a", precision, seed=1)
+
+    try:
+        for precision in ("fp32", "bf16"):
+            for name in classes:
+                render(name, texts[0], precision)
+            seconds = {k: 0.0 for k in classes}
+            audio_s = {k: 0.0 for k in classes}
+            worst = 0.0
+            for _ in range(runs):
+                for text in texts:
+                    pair = {k: render(k, text, precision) for k in classes}
+                    for k, r in pair.items():
+                        seconds[k] += r.seconds
+                        audio_s[k] += r.audio_seconds
+                    diff = abs(pair["fused"].audio - pair["stock"].audio).max()
+                    worst = max(worst, float(diff))
+            rtf = {k: seconds[k] / audio_s[k] for k in classes}
+            out[precision] = {
+                "rtf": {k: round(v, 4) for k, v in rtf.items()},
+                "fused_over_stock": round(rtf["fused"] / rtf["stock"], 3),
+                "max_abs_sample_difference": round(worst, 6),
+            }
+    finally:
+        for block in blocks:
+            block.__class__ = FusedAdaINResBlock1
+        e.use_precision("fp32")
     return out
 
 
@@ -728,7 +782,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     engine_levers = [
         x
         for x in levers
-        if x in ("grad", "threads", "voices", "copies", "int8", "profile", "precision")
+        if x in ("grad", "threads", "voices", "copies", "int8", "profile", "precision", "fused")
     ]
     if engine_levers:
         b = Bench(weights, threads)
@@ -742,6 +796,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "int8": lambda: lever_int8(b, ns.runs),
             "profile": lambda: lever_profile(b, ns.runs),
             "precision": lambda: lever_precision(b, max(1, ns.runs // 5), ns.compile),
+            "fused": lambda: lever_fused(b, max(1, ns.runs // 5)),
         }
         for name in engine_levers:
             with phase(name):
