@@ -43,6 +43,22 @@ def test_auto_without_the_warm_up_stays_fp32(tiny_dir: Path, tmp_path: Path) -> 
     assert loaded.engine.precision == "fp32" and loaded.precision_check is None
 
 
+def test_auto_with_the_warm_up_checks_bf16_where_the_cpu_has_it(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    settings = Settings(model_dir=tiny_dir, cache_dir=tmp_path, device="cpu", warmup=True)
+    loaded = load_engine(settings)
+    check = loaded.precision_check
+    if CPU_BF16 is not None:
+        assert check is None and loaded.engine.precision == "fp32"
+        return
+    # Random weights may pass or fail the gate; the choice must follow the figures.
+    assert check is not None and check.chosen == loaded.engine.precision
+    assert check.spread > 0 and check.fp32_rtf > 0 and check.bf16_rtf > 0
+    passes = check.distance <= check.limit and check.bf16_rtf <= 0.95 * check.fp32_rtf
+    assert (check.chosen == "bf16") == passes
+
+
 def test_named_bf16_runs_where_the_cpu_has_it_and_fails_start_up_where_not(
     tiny_dir: Path,
 ) -> None:
