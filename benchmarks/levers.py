@@ -64,7 +64,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,35 @@ def alternating(variants: dict[str, Callable[[], object]], runs: int) -> dict[st
             fn()
             out[name].append(time.perf_counter() - t0)
     return out
+
+
+Render = Callable[[str], tuple[float, Any]]
+"""Synthesize one text: (seconds it took, samples)."""
+
+
+def rtf_taking_turns(
+    renders: Mapping[str, Render],
+    texts: Sequence[str],
+    runs: int,
+    per_text: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, float]:
+    """Seconds per second of audio of each variant over ``texts``, ``runs`` passes, the
+    variants taking turns text by text (after one unmeasured first use each), so drift hits
+    every variant alike.  ``per_text`` sees each text's samples, by variant."""
+    for render in renders.values():
+        render(texts[0])
+    seconds = {k: 0.0 for k in renders}
+    samples = {k: 0 for k in renders}
+    for _ in range(runs):
+        for text in texts:
+            audio = {}
+            for name, render in renders.items():
+                s, audio[name] = render(text)
+                seconds[name] += s
+                samples[name] += len(audio[name])
+            if per_text is not None:
+                per_text(audio)
+    return {k: seconds[k] / (samples[k] / SAMPLE_RATE) for k in renders}
 
 
 def versus(kept: list[float], other: list[float], scale: float = 1.0) -> dict[str, Any]:
@@ -387,23 +416,14 @@ def lever_onnxruntime(b: Bench, runs: int) -> dict[str, Any]:
         r = e.synthesize(text, voice=b.voice, lang="a")
         return r.seconds, r.audio
 
-    variants: dict[str, Callable[[str], tuple[float, Any]]] = {
+    variants: dict[str, Render] = {
         "torch_fp32": functools.partial(torch_synth, "fp32"),
         "torch_bf16_vocoder": functools.partial(torch_synth, "bf16"),
         "onnxruntime_int8_graph": ort_synth,
     }
     texts = TELEPHONY_SENTENCES[:6]
     try:
-        for fn in variants.values():
-            fn(texts[0])
-        seconds = {k: 0.0 for k in variants}
-        samples = {k: 0 for k in variants}
-        for _ in range(runs):
-            for text in texts:
-                for name, fn in variants.items():
-                    s, audio = fn(text)
-                    seconds[name] += s
-                    samples[name] += len(audio)
+        rtf = rtf_taking_turns(variants, texts, runs)
         pairs: dict[str, list[tuple[str, str]]] = {k: [] for k in variants}
         if hear is not None:
             for text in TELEPHONY_SENTENCES:
@@ -411,7 +431,6 @@ def lever_onnxruntime(b: Bench, runs: int) -> dict[str, Any]:
                     pairs[name].append((text, hear(fn(text)[1], SAMPLE_RATE)))
     finally:
         e.use_precision("fp32")
-    rtf = {k: seconds[k] / (samples[k] / SAMPLE_RATE) for k in variants}
     out: dict[str, Any] = {
         "what": "the embedded int8 ONNX graph under onnxruntime (as PyPI ships it) vs the "
         "daemon's torch paths on the weights imported from that same graph",
@@ -447,31 +466,25 @@ def lever_fused(b: Bench, runs: int) -> dict[str, Any]:
         "passes": runs,
     }
 
-    def render(name: str, text: str, precision: str) -> Any:
+    def render(name: str, precision: str, text: str) -> tuple[float, Any]:
         for block in blocks:  # the same parameters, the other forward
             block.__class__ = classes[name]
-        return e.synthesize_seeded(text, b.voice, "a", precision, seed=1)
+        r = e.synthesize_seeded(text, b.voice, "a", precision, seed=1)
+        return r.seconds, r.audio
 
     try:
         for precision in ("fp32", "bf16"):
-            for name in classes:
-                render(name, texts[0], precision)
-            seconds = {k: 0.0 for k in classes}
-            audio_s = {k: 0.0 for k in classes}
-            worst = 0.0
-            for _ in range(runs):
-                for text in texts:
-                    pair = {k: render(k, text, precision) for k in classes}
-                    for k, r in pair.items():
-                        seconds[k] += r.seconds
-                        audio_s[k] += r.audio_seconds
-                    diff = abs(pair["fused"].audio - pair["stock"].audio).max()
-                    worst = max(worst, float(diff))
-            rtf = {k: seconds[k] / audio_s[k] for k in classes}
+            worst = [0.0]
+
+            def differ(audio: dict[str, Any], worst: list[float] = worst) -> None:
+                worst[0] = max(worst[0], float(abs(audio["fused"] - audio["stock"]).max()))
+
+            renders = {k: functools.partial(render, k, precision) for k in classes}
+            rtf = rtf_taking_turns(renders, texts, runs, differ)
             out[precision] = {
                 "rtf": {k: round(v, 4) for k, v in rtf.items()},
                 "fused_over_stock": round(rtf["fused"] / rtf["stock"], 3),
-                "max_abs_sample_difference": round(worst, 6),
+                "max_abs_sample_difference": round(worst[0], 6),
             }
     finally:
         for block in blocks:
@@ -526,17 +539,14 @@ def lever_precision(b: Bench, runs: int, with_compile: bool) -> dict[str, Any]:
             torch.manual_seed(seed)
             return e.synthesize(text, voice=b.voice, lang="a")
 
+    def timed_render(name: str, text: str) -> tuple[float, Any]:
+        r = render(name, text)
+        return r.seconds, r.audio
+
     try:
-        for name in variants:
-            render(name, texts[0])  # first use of each path's kernels
-        seconds = {k: 0.0 for k in variants}
-        audio_s = {k: 0.0 for k in variants}
-        for _ in range(runs):
-            for text in texts:
-                for name in variants:  # taking turns, so drift hits every variant alike
-                    r = render(name, text)
-                    seconds[name] += r.seconds
-                    audio_s[name] += r.audio_seconds
+        rtf = rtf_taking_turns(
+            {k: functools.partial(timed_render, k) for k in variants}, texts, runs
+        )
         quality: dict[str, dict[str, Any]] = {
             k: {"distance": [], "length_ratio": []} for k in variants
         }
@@ -555,7 +565,6 @@ def lever_precision(b: Bench, runs: int, with_compile: bool) -> dict[str, Any]:
     finally:
         e.model.decoder = fp32_decoder
         e.use_precision("fp32")
-    base = seconds["fp32"] / audio_s["fp32"]
     out: dict[str, Any] = {
         "what": "vocoder precision: fp32 eager (baseline) vs bf16 vocoder (kept, what auto "
         "picks here) vs bf16 autocast over the whole model vs dynamic int8 generator "
@@ -567,11 +576,10 @@ def lever_precision(b: Bench, runs: int, with_compile: bool) -> dict[str, Any]:
         "variants": {},
     }
     for name in variants:
-        rtf = seconds[name] / audio_s[name]
         q = quality[name]
         row: dict[str, Any] = {
-            "rtf": round(rtf, 4),
-            "rtf_over_fp32": round(rtf / base, 3),
+            "rtf": round(rtf[name], 4),
+            "rtf_over_fp32": round(rtf[name] / rtf["fp32"], 3),
             "durations_unchanged": all(x == 1.0 for x in q["length_ratio"]),
             "log_mel_distance": round(float(np.mean(q["distance"])), 4) if q["distance"] else None,
         }
