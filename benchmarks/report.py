@@ -260,6 +260,17 @@ COMPARE_ROWS = (
 )
 
 
+def fmt(v: Any) -> str:
+    """A figure in a markdown cell: 3 decimals, KiB counts as MiB, lists comma-joined."""
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, int) and v > 10_000:
+        return f"{v / 1024:.0f}"
+    if isinstance(v, list):
+        return ",".join(map(str, v)) or "-"
+    return "-" if v is None else str(v)
+
+
 def compare(paths: Sequence[Path], *, targets_only: bool = False) -> str:
     """A markdown table of the main figures of several result files, side by side; with
     ``targets_only``, just the CPU/commit row and the targets."""
@@ -269,15 +280,6 @@ def compare(paths: Sequence[Path], *, targets_only: bool = False) -> str:
         for r in results
     ]
     lines = ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        if isinstance(v, int) and v > 10_000:
-            return f"{v / 1024:.0f}"
-        if isinstance(v, list):
-            return ",".join(map(str, v)) or "-"
-        return "-" if v is None else str(v)
 
     rows = list(COMPARE_ROWS[:2] if targets_only else COMPARE_ROWS)
     max_n = 0 if targets_only else max(len(_dig(r, "capacity.per_n") or []) for r in results)
@@ -382,11 +384,6 @@ def compare_paths(summary: dict[str, Any]) -> str:
         f"| {host} | {head} | ratio | target |",
         "|---" * (len(names) + 3) + "|",
     ]
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        return "-" if v is None else str(v)
 
     for row in summary["figures"]:
         cells = [fmt(row.get(n)) for n in names]
