@@ -8,9 +8,11 @@ weights come from is :mod:`.models.sources`; the voices are :mod:`.voices`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +129,16 @@ class Synthesis:
     @property
     def audio_seconds(self) -> float:
         return 0.0 if self.audio is None else len(self.audio) / SAMPLE_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One segment to synthesize, with the settings of the call it belongs to."""
+
+    text: str
+    voice: str
+    lang: str
+    speed: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,16 +400,90 @@ class Engine:
             raise
         except Exception as exc:
             raise SynthesisError(f"{type(exc).__name__}: {exc}") from exc
-        audio = None
-        if pieces:
-            audio = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-            audio = np.ascontiguousarray(audio, dtype=np.float32)
-            if not np.isfinite(audio).all():
-                # Never put NaN/inf on the wire: a player would turn it into a loud click.
-                audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
-            if audio.size == 0:
-                audio = None
-        return Synthesis(audio, time.perf_counter() - t0, " / ".join(chunks))
+        return Synthesis(_wire_audio(pieces), time.perf_counter() - t0, " / ".join(chunks))
+
+    def synthesize_batch(self, requests: Sequence[Request]) -> list[Synthesis | Exception]:
+        """Audio for segments of different calls, in one forward pass where there are several.
+
+        One result per request, in order: its :class:`Synthesis`, or the
+        :class:`VoiceError`/:class:`SynthesisError` that request alone met.  A lone request
+        takes :meth:`synthesize`'s batch-1 path, so a call never pays for batching it does
+        not use.  Each result's ``seconds`` is its share of the batch's time, in proportion
+        to its audio, which is what one segment cost the host.
+
+        If the batched pass itself fails, every request is retried alone, so that one bad
+        item cannot cost the others their audio.
+        """
+        if len(requests) <= 1:
+            return [self._one(r) for r in requests]
+        from .models.batched import BatchItem, forward_batch
+
+        t0 = time.perf_counter()
+        results: list[Synthesis | Exception | None] = [None] * len(requests)
+        items: list[BatchItem] = []
+        owners: list[int] = []
+        phonemes: dict[int, list[str]] = {}
+        for i, req in enumerate(requests):
+            try:
+                pack = self.voices.get(req.voice)
+                chunks = self.phonemize(req.text, req.lang)
+            except VoiceError as exc:
+                results[i] = exc
+                continue
+            except Exception as exc:
+                results[i] = SynthesisError(f"{type(exc).__name__}: {exc}")
+                continue
+            phonemes[i] = chunks
+            for ps in chunks:
+                items.append(BatchItem(ps, pack[len(ps) - 1], req.speed))
+                owners.append(i)
+        try:
+            with torch.inference_mode():
+                outs = forward_batch(
+                    self.model,
+                    items,
+                    autocast=torch.bfloat16 if self.precision == "bf16" else None,
+                )
+                host = self._to_host([o.audio for o in outs])
+        except Exception as exc:
+            log.error(
+                "batched synthesis of %d segments failed (%s: %s); synthesizing them one by one",
+                len(items),
+                type(exc).__name__,
+                exc,
+            )
+            return [r if r is not None else self._one(requests[i]) for i, r in enumerate(results)]
+        seconds = time.perf_counter() - t0
+        pieces: dict[int, list[npt.NDArray[np.float32]]] = {i: [] for i in phonemes}
+        for owner, audio in zip(owners, host, strict=True):
+            pieces[owner].append(audio)
+        total = sum(len(a) for a in host) or 1
+        for i, chunks in phonemes.items():
+            share = seconds * sum(len(a) for a in pieces[i]) / total
+            results[i] = Synthesis(_wire_audio(pieces[i]), share, " / ".join(chunks))
+        return [r if r is not None else SynthesisError("no result") for r in results]
+
+    def _one(self, req: Request) -> Synthesis | Exception:
+        try:
+            return self.synthesize(req.text, voice=req.voice, lang=req.lang, speed=req.speed)
+        except (VoiceError, SynthesisError) as exc:
+            return exc
+
+    def _to_host(self, audio: list[torch.Tensor]) -> list[npt.NDArray[np.float32]]:
+        """Copy the batch's audio to the host in one transfer (through pinned memory on
+        CUDA, so the copy is a DMA and the only wait is for the batch's last kernel)."""
+        if not audio:
+            return []
+        flat = torch.cat([a.reshape(-1).float() for a in audio])
+        if flat.device.type == "cuda":
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            torch.cuda.current_stream(flat.device).synchronize()
+        else:
+            host = flat.cpu()
+        whole = host.numpy()
+        bounds = np.cumsum([0, *(len(a) for a in audio)])
+        return [whole[a:b] for a, b in itertools.pairwise(bounds)]
 
     def bind_thread(self) -> None:
         """Apply the intra-op thread count and denormal flushing to the calling thread.
@@ -412,17 +498,38 @@ class Engine:
         # Subnormal floats make CPU kernels crawl (measured 6x slower on random weights).
         torch.set_flush_denormal(True)
 
-    def warm_up(self, voice: str, lang: str) -> WarmUp:
+    def warm_up(self, voice: str, lang: str, max_batch: int = 1) -> WarmUp:
         """Synthesize short, medium and long text so the first caller pays no
-        lazy-initialisation cost (G2P caches, kernel selection, allocator pools)."""
+        lazy-initialisation cost (G2P caches, kernel selection, allocator pools), then
+        every power-of-two batch size up to ``max_batch`` (a GPU's allocator and kernel
+        choice depend on the shape)."""
         t0 = time.perf_counter()
         done = [self.synthesize(text, voice=voice, lang=lang) for text in _WARMUP_TEXTS]
         # The first synthesis pays the lazy initialisation: the speed comes from the rest.
         warm = done[1:]
+        size = 2
+        while size <= max_batch:
+            texts = itertools.islice(itertools.cycle(_WARMUP_TEXTS), size)
+            for result in self.synthesize_batch([Request(t, voice, lang) for t in texts]):
+                if isinstance(result, Exception):
+                    raise result
+            size *= 2
         return WarmUp(
             seconds=time.perf_counter() - t0,
             rtf=sum(r.seconds for r in warm) / max(1e-9, sum(r.audio_seconds for r in warm)),
         )
+
+
+def _wire_audio(pieces: Sequence[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32] | None:
+    """A segment's chunks as one contiguous float32 array, or None when there is none."""
+    if not pieces:
+        return None
+    audio = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if not np.isfinite(audio).all():
+        # Never put NaN/inf on the wire: a player would turn it into a loud click.
+        audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    return audio if audio.size else None
 
 
 def _verify_loaded(model: torch.nn.Module, weights: Path) -> None:

@@ -1,0 +1,130 @@
+"""The batched forward pass against batch 1: durations, lengths and audio, item by item.
+
+Kokoro's generator draws noise, so two batch-1 renderings of the same phonemes differ;
+that run-to-run spread is measured here (another seed) and is what the tolerance is stated
+against.  With the same seed per item, batched and batch-1 audio differ only by float
+rounding: on the embedded weights the log-mel distance measured 0.001-0.004 against a
+spread of 0.043-0.051, so the tolerance is a quarter of the spread.  Random weights are
+less sensitive to rounding: there the samples agree to 1e-4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kokoro_service.config import Settings
+from kokoro_service.daemon import load_off_main_thread
+from kokoro_service.engine import Engine, Request
+from kokoro_service.errors import VoiceError
+from kokoro_service.models.batched import BatchItem, forward_batch
+from kokoro_service.quality import log_mel_distance
+
+# Mixed on purpose: one word, a sentence, a long sentence; different voices and speeds.
+MIXED = (
+    ("Yes.", 0, 1.0),
+    ("Hello, thanks for calling. How can I help you today?", 1, 1.3),
+    ("Your prescription is ready for pickup at the pharmacy on Main Street after four.", 2, 0.8),
+    ("Can I get a callback number, please?", 3, 1.0),
+)
+# Samples hop 600 per predicted frame (two 12.5 ms steps of 300 samples at 24 kHz).
+SAMPLES_PER_FRAME = 600
+SPREAD_FRACTION = 0.25
+
+
+def _items(engine: Engine) -> list[BatchItem]:
+    names = engine.voices.names
+    items = []
+    for text, voice, speed in MIXED:
+        ps = engine.phonemize(text, "a")[0]
+        pack = engine.voices.get(names[voice % len(names)])
+        items.append(BatchItem(ps, pack[len(ps) - 1], speed))
+    return items
+
+
+def _batch_one(engine: Engine, item: BatchItem, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    torch.manual_seed(seed)
+    out = engine.model(item.phonemes, item.ref_s, item.speed, return_output=True)
+    assert out.pred_dur is not None
+    return out.audio.reshape(-1).numpy(), out.pred_dur.reshape(-1)
+
+
+def _compare(engine: Engine) -> list[dict[str, float]]:
+    items = _items(engine)
+    seeds = [101, 102, 103, 104]
+    with torch.inference_mode():
+        batched = forward_batch(engine.model, items, seeds=seeds)
+        rows = []
+        for item, seed, out in zip(items, seeds, batched, strict=True):
+            ref, ref_dur = _batch_one(engine, item, seed)
+            other, _ = _batch_one(engine, item, seed + 1000)
+            audio = out.audio.reshape(-1).numpy()
+            assert torch.equal(out.pred_dur.cpu(), ref_dur), "durations differ from batch 1"
+            assert len(audio) == len(ref) == SAMPLES_PER_FRAME * int(ref_dur.sum())
+            rows.append(
+                {
+                    "max_abs": float(np.abs(audio - ref).max()),
+                    "distance": log_mel_distance(ref, audio),
+                    "spread": log_mel_distance(ref, other),
+                }
+            )
+    return rows
+
+
+def test_batched_items_equal_batch_one_on_random_weights(engine: Engine) -> None:
+    for row in _compare(engine):
+        assert row["max_abs"] < 1e-4, row
+        assert row["distance"] < SPREAD_FRACTION * row["spread"], row
+
+
+@pytest.mark.slow
+def test_batched_items_equal_batch_one_on_real_weights(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cache = tmp_path_factory.getbasetemp() / "embedded-model-cache"
+    loaded = load_off_main_thread(
+        Settings(cache_dir=cache, device="cpu", warmup=False, precision="fp32")
+    )
+    assert loaded.engine.source.kind == "embedded"
+    for row in _compare(loaded.engine):
+        assert row["distance"] < SPREAD_FRACTION * row["spread"], row
+
+
+def test_the_same_item_twice_in_a_batch_gives_the_same_audio(engine: Engine) -> None:
+    item = _items(engine)[1]
+    with torch.inference_mode():
+        a, b = forward_batch(engine.model, [item, item], seeds=[5, 5])
+    assert torch.equal(a.audio, b.audio)
+
+
+def test_engine_batch_isolates_a_bad_request_and_keeps_lengths(engine: Engine) -> None:
+    good = [Request(text, "af_sky", "a", speed) for text, _, speed in MIXED[:3]]
+    requests = [good[0], Request("Hello there.", "no_such_voice", "a"), *good[1:]]
+    results = engine.synthesize_batch(requests)
+    assert isinstance(results[1], VoiceError)
+    for req, result in zip(good, (results[0], *results[2:]), strict=True):
+        assert not isinstance(result, Exception)
+        alone = engine.synthesize(req.text, voice=req.voice, lang=req.lang, speed=req.speed)
+        assert result.audio is not None and alone.audio is not None
+        assert len(result.audio) == len(alone.audio)  # durations are deterministic
+        assert result.phonemes == alone.phonemes
+
+
+def test_engine_batch_of_text_without_phonemes_gives_no_audio(engine: Engine) -> None:
+    results = engine.synthesize_batch(
+        [Request("   ", "af_sky", "a"), Request("Okay.", "af_sky", "a")]
+    )
+    first, second = results
+    assert not isinstance(first, Exception) and first.audio is None
+    assert not isinstance(second, Exception) and second.audio is not None
+
+
+def test_warm_up_runs_every_batch_shape(tiny_dir: Path) -> None:
+    from kokoro_service.models.sources import model_dir_source
+
+    eng = Engine(model_dir_source(tiny_dir), device="cpu")
+    warm = eng.warm_up("af_sky", "a", max_batch=4)
+    assert warm.rtf > 0
