@@ -79,7 +79,8 @@ def load_engine(settings: Settings, device: str | None = None) -> Loaded:
         raise StartupError(str(exc)) from exc
     voice = choose_voice(engine.voices, settings.voice, engine.source.description)
     check = choose_precision(engine, settings, voice)
-    warm = engine.warm_up(voice, settings.lang) if settings.warmup else None
+    max_batch = settings.batch_limit(engine.device)
+    warm = engine.warm_up(voice, settings.lang, max_batch) if settings.warmup else None
     loaded = Loaded(engine, voice, warm, workers=settings.workers, precision_check=check)
     if warm is not None:
         # What an operator sizes a host by: beyond this many calls speaking at once,
@@ -196,6 +197,7 @@ def _ready_info(settings: Settings, server: Server, loaded: Loaded) -> dict[str,
         "voice": loaded.voice,
         "model_source": loaded.engine.source.kind,
         "workers": settings.workers,
+        "max_batch": server.max_batch,
         "torch_threads": loaded.engine.torch_threads,
         "precision": loaded.engine.precision,
         "precision_check": (

@@ -1,9 +1,10 @@
-"""Fair, deadline-aware scheduling of synthesis work across calls, one segment at a time.
+"""Fair, deadline-aware scheduling of synthesis work across calls.
 
-Workers ask for the next job.  The first segment of a reply always goes first, so a long
-reply on one call delays another call's first audio by at most the segment in flight;
-after that, the call whose listener will run out of audio soonest goes next (earliest
-deadline first), which is what keeps every player fed when calls compete for the cores.
+Workers ask for the next job, or the next batch of jobs from different calls.  The first
+segment of a reply always goes first, so a long reply on one call delays another call's
+first audio by at most the segment (or batch) in flight; after that, the call whose
+listener will run out of audio soonest goes next (earliest deadline first), which is what
+keeps every player fed when calls compete for the cores.
 """
 
 from __future__ import annotations
@@ -160,14 +161,28 @@ class Scheduler:
 
     def next_job(self, timeout: float | None = None) -> tuple[CallWork, Segment] | None:
         """Block until a segment is runnable (or ``timeout``/stop); claim and return it."""
+        jobs = self.next_batch(1, None, timeout)
+        return jobs[0] if jobs else None
+
+    def next_batch(
+        self, max_items: int, max_chars: int | None, timeout: float | None = None
+    ) -> list[tuple[CallWork, Segment]]:
+        """Block until a segment is runnable (or ``timeout``/stop); claim a batch of them.
+
+        The batch holds the most urgent segment, then other calls' segments in the same
+        order while the batch stays within ``max_items`` and, counted as its size times
+        its longest segment (what a padded forward pass costs), ``max_chars``.  It never
+        waits for company: a lone runnable segment goes at once, alone.  Empty on timeout
+        or stop.
+        """
         with self._cond:
             while not self._stopped:
-                job = self._pick()
-                if job is not None:
-                    return job
+                jobs = self._pick(max_items, max_chars)
+                if jobs:
+                    return jobs
                 if not self._cond.wait(timeout):
-                    return None
-            return None
+                    return []
+            return []
 
     def deadline(self, work: CallWork) -> float:
         with self._cond:
@@ -177,27 +192,36 @@ class Scheduler:
         with self._cond:
             work.deadline = deadline
 
-    def _pick(self) -> tuple[CallWork, Segment] | None:
+    def _pick(self, max_items: int, max_chars: int | None) -> list[tuple[CallWork, Segment]]:
         # First segments of a reply go first (a caller is waiting in silence), then the
         # call whose player runs dry soonest, then the one served longest ago.
-        best: CallWork | None = None
-        best_key: tuple[bool, float, int] | None = None
-        for work in self._calls:
-            if work.in_flight is not None or not work.pending:
-                continue
-            key = (not work.pending[0].first, work.deadline, work.last_served)
-            if best_key is not None and key >= best_key:
+        ready = sorted(
+            (
+                ((not w.pending[0].first, w.deadline, w.last_served), i, w)
+                for i, w in enumerate(self._calls)
+                if w.in_flight is None and w.pending
+            ),
+            key=lambda entry: entry[:2],
+        )
+        jobs: list[tuple[CallWork, Segment]] = []
+        longest = 0
+        for _, _, work in ready:
+            if len(jobs) >= max_items:
+                break
+            size = max(longest, len(work.pending[0].text))
+            # The most urgent segment always goes, however long; a later one joins only
+            # if the padded batch stays within budget (a shorter one further down may).
+            if jobs and max_chars is not None and size * (len(jobs) + 1) > max_chars:
                 continue
             if not work.has_room():
                 continue
-            best, best_key = work, key
-        if best is None:
-            return None
-        segment = best.pending.popleft()
-        best.pending_chars -= len(segment.text)
-        best.in_flight = segment
-        best.last_served = next(self._ticket)
-        return best, segment
+            segment = work.pending.popleft()
+            work.pending_chars -= len(segment.text)
+            work.in_flight = segment
+            work.last_served = next(self._ticket)
+            jobs.append((work, segment))
+            longest = size
+        return jobs
 
     def notify(self) -> None:
         """Something outside changed (a writer drained): re-check who can run."""

@@ -50,6 +50,7 @@ class Server:
         self.scheduler = Scheduler()
         self.registry = Registry(settings.max_registrations)
         self.pacing = Pacing(settings.workers)
+        self.max_batch = settings.batch_limit(engine.device)
         self.calls = Calls(
             settings,
             engine,
@@ -101,7 +102,16 @@ class Server:
                 s.host,
                 ",".join(str(n) for n in s.allow),
             )
-        workers = [Worker(self.engine, self.scheduler, self.calls) for _ in range(s.workers)]
+        workers = [
+            Worker(
+                self.engine,
+                self.scheduler,
+                self.calls,
+                max_batch=self.max_batch,
+                batch_chars=s.batch_chars,
+            )
+            for _ in range(s.workers)
+        ]
         loops: list[tuple[str, Callable[[], None], Callable[[], None]]] = [
             ("accept", _nothing, self._accept_loop),
             ("registrar", _nothing, self._udp_loop),
@@ -122,10 +132,11 @@ class Server:
             self.stop(drain_timeout=0.0)
             raise StartupError(f"a server thread failed to start: {why}") from self._thread_error
         log.info(
-            "listening tcp=%s:%d udp=%s:%d workers=%d voice=%s lang=%s",
+            "listening tcp=%s:%d udp=%s:%d workers=%d max_batch=%d voice=%s lang=%s",
             *self.tcp_address,
             *self.udp_address,
             s.workers,
+            self.max_batch,
             self.voice,
             s.lang,
         )

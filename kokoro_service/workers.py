@@ -1,9 +1,10 @@
 """Synthesis workers: threads that turn scheduled segments into audio.
 
-Each worker takes the next segment from the scheduler, synthesizes it with the shared
-engine and hands the audio to the call (:meth:`Calls.deliver`), then lets the call cut its
-next segment (:meth:`Calls.segment_done`).  A failure inside one segment is logged and the
-call goes on with the next one.
+Each worker takes the next batch of segments from the scheduler (one segment where
+``--max-batch`` is 1), synthesizes them with the shared engine and hands each call its
+audio (:meth:`Calls.deliver`), then lets each call cut its next segment
+(:meth:`Calls.segment_done`).  A failure inside one segment is logged and that call goes
+on with its next one; the other calls in the batch are not touched.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import logging
 
 from .calls import Call, Calls
 from .config import TICK
-from .engine import Engine
-from .errors import SynthesisError, VoiceError
+from .engine import Engine, Request, Synthesis
 from .scheduler import Scheduler, Segment
 
 log = logging.getLogger("kokoro_service.workers")
@@ -26,59 +26,79 @@ class Worker:
     ``ready`` is set, so the server knows the worker could start before it says it is up.
     """
 
-    def __init__(self, engine: Engine, scheduler: Scheduler, calls: Calls) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: Scheduler,
+        calls: Calls,
+        *,
+        max_batch: int = 1,
+        batch_chars: int | None = None,
+    ) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.calls = calls
+        self.max_batch = max_batch
+        self.batch_chars = batch_chars
 
     def prepare(self) -> None:
         self.engine.bind_thread()
 
     def run(self) -> None:
         while True:
-            job = self.scheduler.next_job(timeout=TICK)
-            if job is None:
+            jobs = self.scheduler.next_batch(self.max_batch, self.batch_chars, timeout=TICK)
+            if not jobs:
                 if self.scheduler.stopped:
                     return
                 continue
-            work, segment = job
-            call = self.calls.for_work(work)
-            if call is None:
-                self.scheduler.done(work, segment)
-                continue
-            self._synthesize(call, segment)
+            wanted: list[tuple[Call, Segment]] = []
+            finished: list[tuple[Call, Segment]] = []
+            for work, segment in jobs:
+                call = self.calls.for_work(work)
+                if call is None:
+                    self.scheduler.done(work, segment)
+                elif self.calls.current(call, segment):
+                    wanted.append((call, segment))
+                else:  # cancelled, or no destination left, while it waited
+                    finished.append((call, segment))
+            if wanted:
+                requests = [Request(s.text, s.voice, s.lang, s.speed) for _, s in wanted]
+                for (call, seg), result in zip(
+                    wanted, self._synthesize(requests, wanted), strict=True
+                ):
+                    self._deliver(call, seg, result)
+            for call, seg in wanted + finished:
+                self.calls.segment_done(call, seg)
 
-    def _synthesize(self, call: Call, seg: Segment) -> None:
-        if self.calls.current(call, seg):
-            try:
-                result = self.engine.synthesize(
-                    seg.text, voice=seg.voice, lang=seg.lang, speed=seg.speed
-                )
-            except (SynthesisError, VoiceError) as exc:
-                log.error(
-                    "synthesis failed call=%s text=%r: %s; going on with the next segment",
+    def _synthesize(
+        self, requests: list[Request], owners: list[tuple[Call, Segment]]
+    ) -> list[Synthesis | Exception]:
+        try:
+            return self.engine.synthesize_batch(requests)
+        except Exception as exc:  # a bug, not bad input: log it, and keep the calls going
+            log.exception(
+                "synthesis crashed calls=%s", ",".join(call.call_id for call, _ in owners)
+            )
+            return [exc] * len(requests)
+
+    def _deliver(self, call: Call, seg: Segment, result: Synthesis | Exception) -> None:
+        if isinstance(result, Exception):
+            log.error(
+                "synthesis failed call=%s text=%r: %s; going on with the next segment",
+                call.call_id,
+                seg.text[:200],
+                result,
+            )
+        elif result.audio is None:
+            log.info("nothing to speak call=%s text=%r (no phonemes)", call.call_id, seg.text[:80])
+        else:
+            chunk = self.calls.deliver(call, seg, result.audio, result.seconds)
+            if chunk is not None:
+                log.debug(
+                    "segment call=%s chunk=%d chars=%d synth_s=%.3f audio_s=%.3f",
                     call.call_id,
-                    seg.text[:200],
-                    exc,
+                    chunk,
+                    len(seg.text),
+                    result.seconds,
+                    result.audio_seconds,
                 )
-            except Exception:
-                log.exception("synthesis crashed call=%s text=%r", call.call_id, seg.text[:200])
-            else:
-                if result.audio is None:
-                    log.info(
-                        "nothing to speak call=%s text=%r (no phonemes)",
-                        call.call_id,
-                        seg.text[:80],
-                    )
-                else:
-                    chunk = self.calls.deliver(call, seg, result.audio, result.seconds)
-                    if chunk is not None:
-                        log.debug(
-                            "segment call=%s chunk=%d chars=%d synth_s=%.3f audio_s=%.3f",
-                            call.call_id,
-                            chunk,
-                            len(seg.text),
-                            result.seconds,
-                            result.audio_seconds,
-                        )
-        self.calls.segment_done(call, seg)
