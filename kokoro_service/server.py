@@ -24,7 +24,7 @@ from .protocol import Register, parse_datagram
 from .ratelimit import RateLimitedLog
 from .routing import Registry
 from .scheduler import Scheduler
-from .workers import Worker
+from .workers import BatchCounts, Worker
 
 log = logging.getLogger("kokoro_service.server")
 
@@ -51,6 +51,7 @@ class Server:
         self.registry = Registry(settings.max_registrations)
         self.pacing = Pacing(settings.workers)
         self.max_batch = settings.batch_limit(engine.device)
+        self.batches = BatchCounts()
         self.calls = Calls(
             settings,
             engine,
@@ -109,6 +110,7 @@ class Server:
                 self.calls,
                 max_batch=self.max_batch,
                 batch_chars=s.batch_chars,
+                counts=self.batches,
             )
             for _ in range(s.workers)
         ]

@@ -9,7 +9,9 @@ on with its next one; the other calls in the batch are not touched.
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 
 from .calls import Call, Calls
 from .config import TICK
@@ -17,6 +19,26 @@ from .engine import Engine, Request, Synthesis
 from .scheduler import Scheduler, Segment
 
 log = logging.getLogger("kokoro_service.workers")
+
+
+class BatchCounts:
+    """How many forward passes of each batch size the workers ran.
+
+    What shows that batching happens, and how full the batches are: the tests read it,
+    and it is the source for a batch-size metric.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[int] = collections.Counter()
+
+    def add(self, size: int) -> None:
+        with self._lock:
+            self._counts[size] += 1
+
+    def snapshot(self) -> dict[int, int]:
+        with self._lock:
+            return dict(sorted(self._counts.items()))
 
 
 class Worker:
@@ -34,12 +56,14 @@ class Worker:
         *,
         max_batch: int = 1,
         batch_chars: int | None = None,
+        counts: BatchCounts | None = None,
     ) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.calls = calls
         self.max_batch = max_batch
         self.batch_chars = batch_chars
+        self.counts = counts if counts is not None else BatchCounts()
 
     def prepare(self) -> None:
         self.engine.bind_thread()
@@ -62,6 +86,7 @@ class Worker:
                 else:  # cancelled, or no destination left, while it waited
                     finished.append((call, segment))
             if wanted:
+                self.counts.add(len(wanted))
                 requests = [Request(s.text, s.voice, s.lang, s.speed) for _, s in wanted]
                 for (call, seg), result in zip(
                     wanted, self._synthesize(requests, wanted), strict=True
