@@ -33,8 +33,9 @@ from kokoro.istftnet import AdaIN1d, AdainResBlk1d, AdaINResBlock1, Decoder, Gen
 from kokoro.model import KModel
 from torch import nn
 
-# kokoro scales each AdainResBlk1d's sum by rsqrt(2) computed in fp32; the same constant.
-_RSQRT2 = torch.rsqrt(torch.tensor(2.0))
+# kokoro scales each AdainResBlk1d's sum by rsqrt(2) computed in fp32; the same constant,
+# as a Python number so that no block copies a tensor to the device.
+_RSQRT2 = float(torch.rsqrt(torch.tensor(2.0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,25 +64,26 @@ def token_ids(model: KModel, phonemes: str) -> list[int]:
     return [0, *ids, 0]
 
 
-def _mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 1, size) float mask: 1 inside each item, 0 in its padding."""
-    steps = torch.arange(size, device=lengths.device)
-    return (steps[None, :] < lengths[:, None]).unsqueeze(1).float()
+def _mask(lengths: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """(B, 1, size) float mask on ``device``: 1 inside each item, 0 in its padding.
+
+    Lengths live on the host (they are known once the durations are), so building a mask
+    copies a few integers to the device and never waits for it.
+    """
+    steps = torch.arange(size, device=device)
+    ends = lengths.to(device, non_blocking=True)
+    return (steps[None, :] < ends[:, None]).unsqueeze(1).float()
 
 
 def _packed_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """A batch-first LSTM over each item's own steps; the padding comes out zero."""
-    packed = nn.utils.rnn.pack_padded_sequence(
-        x, lengths.cpu(), batch_first=True, enforce_sorted=False
-    )
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     out, _ = lstm(packed)
     padded, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
     return padded
 
 
-def _norm(
-    norm: AdaIN1d, x: torch.Tensor, s: torch.Tensor, m: torch.Tensor, n: torch.Tensor
-) -> torch.Tensor:
+def _norm(norm: AdaIN1d, x: torch.Tensor, s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """AdaIN1d over each item's frames only, zero in the padding; computed in fp32.
 
     The instance norm, its affine and the style's affine fold into one scale and shift
@@ -90,7 +92,7 @@ def _norm(
     x = x.float()
     h = norm.fc(s).float()
     gamma, beta = h.view(h.size(0), h.size(1), 1).chunk(2, dim=1)
-    count = n.view(-1, 1, 1).float()
+    count = m.sum(dim=-1, keepdim=True)
     masked = x * m
     mean = masked.sum(dim=-1, keepdim=True) / count
     var = masked.mul_(x).sum(dim=-1, keepdim=True) / count - mean * mean
@@ -107,18 +109,18 @@ def _adain_block(
     blk: AdainResBlk1d, x: torch.Tensor, s: torch.Tensor, n: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``AdainResBlk1d`` with masked norms; returns the output and its lengths."""
-    m = _mask(n, x.shape[-1])
-    r = blk.actv(_norm(blk.norm1, x, s, m, n))
+    m = _mask(n, x.shape[-1], x.device)
+    r = blk.actv(_norm(blk.norm1, x, s, m))
     n_out = n
     if blk.upsample_type != "none":
         r = blk.pool(r)
         n_out = n * 2
-        m = _mask(n_out, r.shape[-1])
+        m = _mask(n_out, r.shape[-1], x.device)
         r = r * m  # the transposed convolution leaves its bias one step past the end
     r = blk.conv1(r)
-    r = blk.actv(_norm(blk.norm2, r, s, m, n_out))
+    r = blk.actv(_norm(blk.norm2, r, s, m))
     r = blk.conv2(r)
-    return (r + blk._shortcut(x)) * _RSQRT2.to(r.device), n_out
+    return (r + blk._shortcut(x)) * _RSQRT2, n_out
 
 
 def _norm_snake(
@@ -127,23 +129,22 @@ def _norm_snake(
     s: torch.Tensor,
     alpha: torch.Tensor,
     m: torch.Tensor,
-    n: torch.Tensor,
 ) -> torch.Tensor:
     """Snake of the masked AdaIN: ``y + 1/a * sin(a*y)**2``, zero where ``y`` is."""
-    y = _norm(norm, x, s, m, n)
+    y = _norm(norm, x, s, m)
     snake = torch.mul(y, alpha).sin_().square_()
     return y.addcmul_(snake, alpha.reciprocal())
 
 
 def _residual_block(
-    blk: AdaINResBlock1, x: torch.Tensor, s: torch.Tensor, m: torch.Tensor, n: torch.Tensor
+    blk: AdaINResBlock1, x: torch.Tensor, s: torch.Tensor, m: torch.Tensor
 ) -> torch.Tensor:
     out = x
     for c1, c2, n1, n2, a1, a2 in zip(
         blk.convs1, blk.convs2, blk.adain1, blk.adain2, blk.alpha1, blk.alpha2, strict=True
     ):
-        xt = c1(_norm_snake(out, n1, s, a1, m, n))
-        xt = c2(_norm_snake(xt, n2, s, a2, m, n))
+        xt = c1(_norm_snake(out, n1, s, a1, m))
+        xt = c2(_norm_snake(xt, n2, s, a2, m))
         out = out + xt.float() if out is x else out.add_(xt.float())  # never write into x
     return out
 
@@ -207,22 +208,22 @@ def _generator(
         n_src = _conv_length(gen.noise_convs[i], n_har)
         x_source = gen.noise_convs[i](har)
         x_source = _residual_block(
-            gen.noise_res[i], x_source, s, _mask(n_src, x_source.shape[-1]), n_src
+            gen.noise_res[i], x_source, s, _mask(n_src, x_source.shape[-1], x.device)
         )
-        x = gen.ups[i](x * _mask(n, x.shape[-1]))
+        x = gen.ups[i](x * _mask(n, x.shape[-1], x.device))
         n = _upsample_length(gen.ups[i], n)
         if i == gen.num_upsamples - 1:
             x = gen.reflection_pad(x)
             n = n + 1
         x = x + x_source
-        m = _mask(n, x.shape[-1])
+        m = _mask(n, x.shape[-1], x.device)
         xs: torch.Tensor | None = None
         for j in range(gen.num_kernels):
-            y = _residual_block(gen.resblocks[i * gen.num_kernels + j], x, s, m, n)
+            y = _residual_block(gen.resblocks[i * gen.num_kernels + j], x, s, m)
             xs = y if xs is None else xs + y
         assert xs is not None  # noqa: S101 - every stage has residual blocks
         x = xs / gen.num_kernels
-    x = F.leaky_relu(x) * _mask(n, x.shape[-1])
+    x = F.leaky_relu(x) * _mask(n, x.shape[-1], x.device)
     x = gen.conv_post(x)
     cut = gen.post_n_fft // 2 + 1
     spec, phase = torch.exp(x[:, :cut, :]), torch.sin(x[:, cut:, :])
@@ -268,7 +269,7 @@ def _curves(
         for block in blocks:
             y, n = _adain_block(block, y, s, n)
         y = proj(y).squeeze(1)
-        out.append(y * _mask(n, y.shape[-1]).squeeze(1))
+        out.append(y * _mask(n, y.shape[-1], y.device).squeeze(1))
     return out[0], out[1]
 
 
@@ -312,8 +313,9 @@ def forward_batch(
     x = _packed_lstm(model.predictor.lstm, d, lengths_cpu)
     duration = torch.sigmoid(model.predictor.duration_proj(x)).sum(dim=-1) / speed
     pred_dur = torch.round(duration).clamp(min=1).long() * (~text_mask)
-    frames = pred_dur.sum(dim=1)
-    most = int(frames.max())  # the one host-device synchronisation: the frame count
+    # The one wait for the device in the whole pass: every later shape depends on it.
+    frames = pred_dur.sum(dim=1).cpu()
+    most = int(frames.max())
     # Frame f of an item belongs to the token whose cumulative duration first passes f;
     # frames past the item point at an all-zero row.
     ends = pred_dur.cumsum(dim=1)
