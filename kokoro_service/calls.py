@@ -84,8 +84,10 @@ class Calls:
         scheduler: Scheduler,
         registry: Registry,
         pacing: Pacing,
+        g2p_ahead: bool = False,
     ) -> None:
         self.settings = settings
+        self.g2p_ahead = g2p_ahead  # batched serving: G2P off the workers' path
         self.engine = engine
         self.voice = voice
         self.scheduler = scheduler
@@ -403,7 +405,15 @@ class Calls:
             return
         gen = self.scheduler.generation(call.work)
         segs = [
-            Segment(t, call.voice, call.lang, call.speed, gen, first and i == 0)
+            Segment(
+                t,
+                call.voice,
+                call.lang,
+                call.speed,
+                gen,
+                first and i == 0,
+                self.engine.phonemes_ahead(t, call.lang) if self.g2p_ahead else None,
+            )
             for i, t in enumerate(texts)
         ]
         if call.drained:

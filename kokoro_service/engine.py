@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,8 @@ class Request:
     voice: str
     lang: str
     speed: float = 1.0
+    phonemes: Future[list[str]] | None = None
+    """The text's phonemes, started ahead by :meth:`Engine.phonemes_ahead`, if they were."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +258,7 @@ class Engine:
         self._building: dict[str, threading.Lock] = {}
         self._failed: dict[str, str] = {}
         self._pipelines_lock = threading.Lock()
+        self._g2p_pool: ThreadPoolExecutor | None = None
         self.pipeline(default_lang)
         self.precision = "fp32"
         self._decoders: dict[str, torch.nn.Module] = {"fp32": self.model.decoder}
@@ -383,14 +387,36 @@ class Engine:
             results = list(pipe(text, voice=None, split_pattern=None))  # type: ignore[operator]
         return [r.phonemes for r in results if r.phonemes]
 
-    def synthesize(self, text: str, *, voice: str, lang: str, speed: float = 1.0) -> Synthesis:
+    def phonemes_ahead(self, text: str, lang: str) -> Future[list[str]]:
+        """Start :meth:`phonemize` in the engine's G2P thread and return at once.
+
+        G2P is Python (misaki, spaCy) at a few milliseconds a segment.  Done in the
+        synthesis worker for a batch of 64 it would hold the GPU idle for a good part of
+        a second per batch; started when a segment is cut, it is ready by the time the
+        segment's batch forms.
+        """
+        with self._pipelines_lock:
+            if self._g2p_pool is None:
+                self._g2p_pool = ThreadPoolExecutor(1, thread_name_prefix="g2p")
+            pool = self._g2p_pool
+        return pool.submit(self.phonemize, text, lang)
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        voice: str,
+        lang: str,
+        speed: float = 1.0,
+        phonemes: Future[list[str]] | None = None,
+    ) -> Synthesis:
         """Audio for one segment, or ``audio=None`` when the text has nothing to speak."""
         from kokoro import KPipeline
 
         t0 = time.perf_counter()
         pack = self.voices.get(voice)
         try:
-            chunks = self.phonemize(text, lang)
+            chunks = phonemes.result() if phonemes is not None else self.phonemize(text, lang)
             pieces: list[npt.NDArray[np.float32]] = []
             with torch.inference_mode():
                 for ps in chunks:
@@ -426,7 +452,11 @@ class Engine:
         for i, req in enumerate(requests):
             try:
                 pack = self.voices.get(req.voice)
-                chunks = self.phonemize(req.text, req.lang)
+                chunks = (
+                    req.phonemes.result()
+                    if req.phonemes is not None
+                    else self.phonemize(req.text, req.lang)
+                )
             except VoiceError as exc:
                 results[i] = exc
                 continue
@@ -465,7 +495,9 @@ class Engine:
 
     def _one(self, req: Request) -> Synthesis | Exception:
         try:
-            return self.synthesize(req.text, voice=req.voice, lang=req.lang, speed=req.speed)
+            return self.synthesize(
+                req.text, voice=req.voice, lang=req.lang, speed=req.speed, phonemes=req.phonemes
+            )
         except (VoiceError, SynthesisError) as exc:
             return exc
 
@@ -501,15 +533,17 @@ class Engine:
     def warm_up(self, voice: str, lang: str, max_batch: int = 1) -> WarmUp:
         """Synthesize short, medium and long text so the first caller pays no
         lazy-initialisation cost (G2P caches, kernel selection, allocator pools), then
-        every power-of-two batch size up to ``max_batch`` (a GPU's allocator and kernel
-        choice depend on the shape)."""
+        batches: on a GPU every power-of-two size up to ``max_batch`` (its allocator and
+        kernel choice depend on the shape), on the CPU only the first batched pass."""
         t0 = time.perf_counter()
         done = [self.synthesize(text, voice=voice, lang=lang) for text in _WARMUP_TEXTS]
         # The first synthesis pays the lazy initialisation: the speed comes from the rest.
         warm = done[1:]
+        largest = max_batch if self.device.split(":", 1)[0] == "cuda" else min(max_batch, 2)
         size = 2
-        while size <= max_batch:
-            texts = itertools.islice(itertools.cycle(_WARMUP_TEXTS), size)
+        while size <= largest:
+            # Short and medium text: the shapes, not minutes of audio, are what warms.
+            texts = itertools.islice(itertools.cycle(_WARMUP_TEXTS[:2]), size)
             for result in self.synthesize_batch([Request(t, voice, lang) for t in texts]):
                 if isinstance(result, Exception):
                     raise result

@@ -13,6 +13,7 @@ import collections
 import itertools
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 
@@ -26,6 +27,8 @@ class Segment:
     speed: float
     generation: int
     first: bool
+    phonemes: Future[list[str]] | None = None
+    """G2P started when the segment was cut (batched serving), so the batch need not wait."""
 
 
 @dataclass(eq=False, slots=True)

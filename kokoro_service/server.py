@@ -47,11 +47,11 @@ class Server:
         self.settings = settings
         self.engine = engine
         self.voice = voice
+        self.max_batch = settings.batch_limit(engine.device)
+        self.batches = BatchCounts()
         self.scheduler = Scheduler()
         self.registry = Registry(settings.max_registrations)
         self.pacing = Pacing(settings.workers)
-        self.max_batch = settings.batch_limit(engine.device)
-        self.batches = BatchCounts()
         self.calls = Calls(
             settings,
             engine,
@@ -59,6 +59,7 @@ class Server:
             scheduler=self.scheduler,
             registry=self.registry,
             pacing=self.pacing,
+            g2p_ahead=self.max_batch > 1,
         )
         self._stopping = threading.Event()
         self._stopped = threading.Event()

@@ -87,7 +87,9 @@ class Worker:
                     finished.append((call, segment))
             if wanted:
                 self.counts.add(len(wanted))
-                requests = [Request(s.text, s.voice, s.lang, s.speed) for _, s in wanted]
+                requests = [
+                    Request(s.text, s.voice, s.lang, s.speed, s.phonemes) for _, s in wanted
+                ]
                 for (call, seg), result in zip(
                     wanted, self._synthesize(requests, wanted), strict=True
                 ):

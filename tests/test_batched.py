@@ -128,3 +128,18 @@ def test_warm_up_runs_every_batch_shape(tiny_dir: Path) -> None:
     eng = Engine(model_dir_source(tiny_dir), device="cpu")
     warm = eng.warm_up("af_sky", "a", max_batch=4)
     assert warm.rtf > 0
+
+
+def test_phonemes_started_ahead_are_the_ones_used(engine: Engine) -> None:
+    text = "Your table for four is booked for seven tonight."
+    ahead = engine.phonemes_ahead(text, "a")
+    bad = engine.phonemes_ahead("Bonjour.", "zz")  # no such language: fails in the G2P thread
+    results = engine.synthesize_batch(
+        [Request(text, "af_sky", "a", 1.0, ahead), Request("Bonjour.", "af_sky", "zz", 1.0, bad)]
+    )
+    alone = engine.synthesize(text, voice="af_sky", lang="a")
+    first, second = results
+    assert not isinstance(first, Exception) and first.phonemes == alone.phonemes
+    assert first.audio is not None and alone.audio is not None
+    assert len(first.audio) == len(alone.audio)
+    assert isinstance(second, VoiceError) and "zz" in str(second)
