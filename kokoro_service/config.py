@@ -172,8 +172,7 @@ class Settings:
     )
     batch_chars: int = knob(
         4000,
-        "Largest batch as its size times its longest segment, in characters: short "
-        "segments are not padded out to, or held back by, a long one.",
+        "Largest batch, as its size times its longest segment in characters.",
         lo=1,
     )
     max_connections: int = knob(
