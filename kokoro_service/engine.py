@@ -442,13 +442,13 @@ class Engine:
         """
         if len(requests) <= 1:
             return [self._one(r) for r in requests]
-        from .models.batched import BatchItem, forward_batch
+        from .models import batched
 
         t0 = time.perf_counter()
         results: list[Synthesis | Exception | None] = [None] * len(requests)
-        items: list[BatchItem] = []
         owners: list[int] = []
         phonemes: dict[int, list[str]] = {}
+        items: list[batched.BatchItem] = []
         for i, req in enumerate(requests):
             try:
                 pack = self.voices.get(req.voice)
@@ -457,6 +457,11 @@ class Engine:
                     if req.phonemes is not None
                     else self.phonemize(req.text, req.lang)
                 )
+                # Checked here, per request, so that input the model cannot take fails
+                # only its own request, not the whole batch.
+                mine = [batched.BatchItem(ps, pack[len(ps) - 1], req.speed) for ps in chunks]
+                for item in mine:
+                    batched.token_ids(self.model, item.phonemes)
             except VoiceError as exc:
                 results[i] = exc
                 continue
@@ -464,12 +469,11 @@ class Engine:
                 results[i] = SynthesisError(f"{type(exc).__name__}: {exc}")
                 continue
             phonemes[i] = chunks
-            for ps in chunks:
-                items.append(BatchItem(ps, pack[len(ps) - 1], req.speed))
-                owners.append(i)
+            items += mine
+            owners += [i] * len(mine)
         try:
             with torch.inference_mode():
-                outs = forward_batch(
+                outs = batched.forward_batch(
                     self.model,
                     items,
                     autocast=torch.bfloat16 if self.precision == "bf16" else None,

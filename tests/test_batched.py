@@ -10,6 +10,7 @@ less sensitive to rounding: there the samples agree to 1e-4.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,13 @@ import torch
 
 from kokoro_service.config import Settings
 from kokoro_service.daemon import load_off_main_thread
-from kokoro_service.engine import Engine, Request
-from kokoro_service.errors import VoiceError
+from kokoro_service.engine import Engine, Request, Synthesis
+from kokoro_service.errors import SynthesisError, VoiceError
+from kokoro_service.models import batched
 from kokoro_service.models.batched import BatchItem, forward_batch
 from kokoro_service.quality import log_mel_distance
+
+from .conftest import LogCapture
 
 # Mixed on purpose: one word, a sentence, a long sentence; different voices and speeds.
 MIXED = (
@@ -143,3 +147,41 @@ def test_phonemes_started_ahead_are_the_ones_used(engine: Engine) -> None:
     assert first.audio is not None and alone.audio is not None
     assert len(first.audio) == len(alone.audio)
     assert isinstance(second, VoiceError) and "zz" in str(second)
+
+
+def test_a_request_the_model_cannot_take_fails_alone(engine: Engine) -> None:
+    # Phonemes beyond the model's 510-symbol context: G2P never cuts such a chunk, but a
+    # caller of the engine can hand one in.
+    too_long: Future[list[str]] = Future()
+    too_long.set_result(["ə" * 600])
+    results = engine.synthesize_batch(
+        [
+            Request("Okay.", "af_sky", "a"),
+            Request("anything", "af_sky", "a", 1.0, too_long),
+            Request("Thank you.", "af_sky", "a"),
+        ]
+    )
+    assert isinstance(results[1], SynthesisError)
+    _assert_as_alone(engine, [(results[0], "Okay."), (results[2], "Thank you.")])
+
+
+def test_a_failing_batched_pass_falls_back_to_one_by_one(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    # A fault injected into the batched pass (on a GPU: running out of memory) must cost
+    # no request its audio: each is then synthesized alone.
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory (injected by the test)")
+
+    monkeypatch.setattr(batched, "forward_batch", out_of_memory)
+    texts = ["Okay.", "Thank you."]
+    results = engine.synthesize_batch([Request(t, "af_sky", "a") for t in texts])
+    _assert_as_alone(engine, list(zip(results, texts, strict=True)))
+    assert logs.has("batched synthesis of 2 segments failed", "one by one")
+
+
+def _assert_as_alone(engine: Engine, pairs: list[tuple[Synthesis | Exception, str]]) -> None:
+    for result, text in pairs:
+        assert not isinstance(result, Exception) and result.audio is not None
+        alone = engine.synthesize(text, voice="af_sky", lang="a").audio
+        assert alone is not None and len(result.audio) == len(alone)
