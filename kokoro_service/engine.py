@@ -259,6 +259,8 @@ class Engine:
         self._failed: dict[str, str] = {}
         self._pipelines_lock = threading.Lock()
         self._g2p_pool: ThreadPoolExecutor | None = None
+        self.batch_failures = 0
+        """Batched passes that failed and were redone one segment at a time."""
         self.pipeline(default_lang)
         self.precision = "fp32"
         self._decoders: dict[str, torch.nn.Module] = {"fp32": self.model.decoder}
@@ -416,7 +418,7 @@ class Engine:
         t0 = time.perf_counter()
         pack = self.voices.get(voice)
         try:
-            chunks = phonemes.result() if phonemes is not None else self.phonemize(text, lang)
+            chunks = self._phonemes(Request(text, voice, lang, speed, phonemes))
             pieces: list[npt.NDArray[np.float32]] = []
             with torch.inference_mode():
                 for ps in chunks:
@@ -452,11 +454,7 @@ class Engine:
         for i, req in enumerate(requests):
             try:
                 pack = self.voices.get(req.voice)
-                chunks = (
-                    req.phonemes.result()
-                    if req.phonemes is not None
-                    else self.phonemize(req.text, req.lang)
-                )
+                chunks = self._phonemes(req)
                 # Checked here, per request, so that input the model cannot take fails
                 # only its own request, not the whole batch.
                 mine = [batched.BatchItem(ps, pack[len(ps) - 1], req.speed) for ps in chunks]
@@ -480,6 +478,7 @@ class Engine:
                 )
                 host = self._to_host([o.audio for o in outs])
         except Exception as exc:
+            self.batch_failures += 1
             log.error(
                 "batched synthesis of %d segments failed (%s: %s); synthesizing them one by one",
                 len(items),
@@ -496,6 +495,18 @@ class Engine:
             share = seconds * sum(len(a) for a in pieces[i]) / total
             results[i] = Synthesis(_wire_audio(pieces[i]), share, " / ".join(chunks))
         return [r if r is not None else SynthesisError("no result") for r in results]
+
+    def _phonemes(self, req: Request) -> list[str]:
+        """The request's phonemes: those started ahead if they are done; else G2P now.
+
+        A G2P job not yet started is taken back and done here rather than waited for: the
+        G2P thread serves every call in arrival order, and a first segment must not wait
+        behind other calls' later ones.
+        """
+        ahead = req.phonemes
+        if ahead is not None and (ahead.done() or not ahead.cancel()):
+            return ahead.result()  # done, or running now: a few milliseconds at most
+        return self.phonemize(req.text, req.lang)
 
     def _one(self, req: Request) -> Synthesis | Exception:
         try:
@@ -548,9 +559,14 @@ class Engine:
         while size <= largest:
             # Short and medium text: the shapes, not minutes of audio, are what warms.
             texts = itertools.islice(itertools.cycle(_WARMUP_TEXTS[:2]), size)
+            failures = self.batch_failures
             for result in self.synthesize_batch([Request(t, voice, lang) for t in texts]):
                 if isinstance(result, Exception):
                     raise result
+            if self.batch_failures > failures:  # a --max-batch this device cannot run
+                raise SynthesisError(
+                    f"a batch of {size} segments failed at warm-up (see the log); lower --max-batch"
+                )
             size *= 2
         return WarmUp(
             seconds=time.perf_counter() - t0,

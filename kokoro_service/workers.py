@@ -22,10 +22,10 @@ log = logging.getLogger("kokoro_service.workers")
 
 
 class BatchCounts:
-    """How many forward passes of each batch size the workers ran.
+    """How many batches of each size the workers handed to the engine.
 
     What shows that batching happens, and how full the batches are: the tests read it,
-    and it is the source for a batch-size metric.
+    and a batch-size metric can be read from it.
     """
 
     def __init__(self) -> None:
@@ -85,6 +85,8 @@ class Worker:
                     wanted.append((call, segment))
                 else:  # cancelled, or no destination left, while it waited
                     finished.append((call, segment))
+            for call, seg in finished:  # free their calls now, not after the batch
+                self.calls.segment_done(call, seg)
             if wanted:
                 self.counts.add(len(wanted))
                 requests = [
@@ -94,7 +96,7 @@ class Worker:
                     wanted, self._synthesize(requests, wanted), strict=True
                 ):
                     self._deliver(call, seg, result)
-            for call, seg in wanted + finished:
+            for call, seg in wanted:
                 self.calls.segment_done(call, seg)
 
     def _synthesize(

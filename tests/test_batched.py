@@ -19,7 +19,7 @@ import torch
 
 from kokoro_service.config import Settings
 from kokoro_service.daemon import load_off_main_thread
-from kokoro_service.engine import Engine, Request, Synthesis
+from kokoro_service.engine import Engine, Request, Synthesis, bf16_unavailable
 from kokoro_service.errors import SynthesisError, VoiceError
 from kokoro_service.models import batched
 from kokoro_service.models.batched import BatchItem, forward_batch
@@ -126,27 +126,69 @@ def test_engine_batch_of_text_without_phonemes_gives_no_audio(engine: Engine) ->
     assert not isinstance(second, Exception) and second.audio is not None
 
 
-def test_warm_up_runs_every_batch_shape(tiny_dir: Path) -> None:
+def test_warm_up_runs_a_batched_pass_and_fails_where_it_cannot(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kokoro_service.models.sources import model_dir_source
 
     eng = Engine(model_dir_source(tiny_dir), device="cpu")
-    warm = eng.warm_up("af_sky", "a", max_batch=4)
-    assert warm.rtf > 0
+    eng.warm_up("af_sky", "a", max_batch=4)
+    assert eng.batch_failures == 0
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory (injected by the test)")
+
+    # A --max-batch the device cannot run fails start-up, not the first busy minute.
+    monkeypatch.setattr(batched, "forward_batch", out_of_memory)
+    with pytest.raises(SynthesisError, match="lower --max-batch"):
+        eng.warm_up("af_sky", "a", max_batch=4)
 
 
 def test_phonemes_started_ahead_are_the_ones_used(engine: Engine) -> None:
-    text = "Your table for four is booked for seven tonight."
-    ahead = engine.phonemes_ahead(text, "a")
+    other = "Your table for four is booked for seven tonight."
+    ahead = engine.phonemes_ahead(other, "a")
+    ahead.result()  # done before the batch forms, as the daemon intends
     bad = engine.phonemes_ahead("Bonjour.", "zz")  # no such language: fails in the G2P thread
+    bad.exception()
     results = engine.synthesize_batch(
-        [Request(text, "af_sky", "a", 1.0, ahead), Request("Bonjour.", "af_sky", "zz", 1.0, bad)]
+        [Request("Okay.", "af_sky", "a", 1.0, ahead), Request("Bonjour.", "af_sky", "zz", 1.0, bad)]
     )
-    alone = engine.synthesize(text, voice="af_sky", lang="a")
+    # The phonemes started ahead are spoken, not a fresh G2P of the request's own text.
+    alone = engine.synthesize(other, voice="af_sky", lang="a")
     first, second = results
     assert not isinstance(first, Exception) and first.phonemes == alone.phonemes
     assert first.audio is not None and alone.audio is not None
     assert len(first.audio) == len(alone.audio)
     assert isinstance(second, VoiceError) and "zz" in str(second)
+
+
+def test_a_segment_of_several_chunks_is_put_back_together(engine: Engine) -> None:
+    # Over 510 phonemes: kokoro's pipeline cuts it into chunks, each its own batch item.
+    long = " ".join(["Your appointment with Doctor Patel is on Tuesday at three thirty."] * 9)
+    assert len(engine.phonemize(long, "a")) >= 2
+    results = engine.synthesize_batch(
+        [Request("Hello.", "af_sky", "a"), Request(long, "af_sky", "a")]
+    )
+    _assert_as_alone(engine, [(results[0], "Hello."), (results[1], long)])
+
+
+@pytest.mark.skipif(bf16_unavailable("cpu") is not None, reason="no bf16 on this CPU")
+def test_batched_bf16_items_equal_batch_one_bf16(engine: Engine) -> None:
+    engine.use_precision("bf16")
+    try:
+        items = _items(engine)[:3]
+        seeds = [7, 8, 9]
+        with torch.inference_mode():
+            outs = forward_batch(engine.model, items, autocast=torch.bfloat16, seeds=seeds)
+            for item, seed, out in zip(items, seeds, outs, strict=True):
+                ref, ref_dur = _batch_one(engine, item, seed)
+                other, _ = _batch_one(engine, item, seed + 1000)
+                assert torch.equal(out.pred_dur.cpu(), ref_dur)  # the text side stays fp32
+                audio = out.audio.reshape(-1).numpy()
+                spread = log_mel_distance(ref, other)
+                assert log_mel_distance(ref, audio) < SPREAD_FRACTION * spread
+    finally:
+        engine.use_precision("fp32")
 
 
 def test_a_request_the_model_cannot_take_fails_alone(engine: Engine) -> None:

@@ -113,7 +113,7 @@ def test_mixed_calls_share_batches_and_each_gets_its_own_audio(
     assert max(server.batches.snapshot()) >= 3
 
 
-def test_a_lone_call_runs_alone_at_once(daemon: DaemonFactory, engine: Engine) -> None:
+def test_a_lone_call_runs_in_batches_of_one(daemon: DaemonFactory, engine: Engine) -> None:
     server = daemon(max_batch=8)
     texts = ["Hello there, thanks for calling.", "How can I help you today?"]
     reply = speak(*server.tcp_address, "611", texts, timeout=TEST_TIMEOUT)
