@@ -330,17 +330,10 @@ class Engine:
         self, text: str, voice: str, lang: str, precision: str, seed: int
     ) -> Synthesis:
         """One synthesis in ``precision`` with the noise source seeded, the RNG restored."""
+        from .models.batched import seeded
+
         self.use_precision(precision)
-        base = self.device.split(":", 1)[0]
-        fork = (
-            torch.random.fork_rng(devices=[])
-            if base == "cpu"
-            else torch.random.fork_rng(
-                devices=[torch.device(self.device).index or 0], device_type=base
-            )
-        )
-        with fork:
-            torch.manual_seed(seed)
+        with seeded(seed, torch.device(self.device)):
             return self.synthesize(text, voice=voice, lang=lang)
 
     # -- languages ---------------------------------------------------------------------
@@ -418,7 +411,7 @@ class Engine:
         t0 = time.perf_counter()
         pack = self.voices.get(voice)
         try:
-            chunks = self._phonemes(Request(text, voice, lang, speed, phonemes))
+            chunks = self._phonemes(text, lang, phonemes)
             pieces: list[npt.NDArray[np.float32]] = []
             with torch.inference_mode():
                 for ps in chunks:
@@ -454,7 +447,7 @@ class Engine:
         for i, req in enumerate(requests):
             try:
                 pack = self.voices.get(req.voice)
-                chunks = self._phonemes(req)
+                chunks = self._phonemes(req.text, req.lang, req.phonemes)
                 # Checked here, per request, so that input the model cannot take fails
                 # only its own request, not the whole batch.
                 mine = [batched.BatchItem(ps, pack[len(ps) - 1], req.speed) for ps in chunks]
@@ -496,17 +489,16 @@ class Engine:
             results[i] = Synthesis(_wire_audio(pieces[i]), share, " / ".join(chunks))
         return [r if r is not None else SynthesisError("no result") for r in results]
 
-    def _phonemes(self, req: Request) -> list[str]:
+    def _phonemes(self, text: str, lang: str, ahead: Future[list[str]] | None) -> list[str]:
         """The request's phonemes: those started ahead if they are done; else G2P now.
 
         A G2P job not yet started is taken back and done here rather than waited for: the
         G2P thread serves every call in arrival order, and a first segment must not wait
         behind other calls' later ones.
         """
-        ahead = req.phonemes
         if ahead is not None and (ahead.done() or not ahead.cancel()):
             return ahead.result()  # done, or running now: a few milliseconds at most
-        return self.phonemize(req.text, req.lang)
+        return self.phonemize(text, lang)
 
     def _one(self, req: Request) -> Synthesis | Exception:
         try:

@@ -33,6 +33,8 @@ from kokoro.istftnet import AdaIN1d, AdainResBlk1d, AdaINResBlock1, Decoder, Gen
 from kokoro.model import KModel
 from torch import nn
 
+from .rewrites import adain_scale_shift, snake_
+
 # kokoro scales each AdainResBlk1d's sum by rsqrt(2) computed in fp32; the same constant,
 # as a Python number so that no block copies a tensor to the device.
 _RSQRT2 = float(torch.rsqrt(torch.tensor(2.0)))
@@ -90,18 +92,11 @@ def _norm(norm: AdaIN1d, x: torch.Tensor, s: torch.Tensor, m: torch.Tensor) -> t
     per item and channel, as in :mod:`.rewrites`: four passes over ``x``, not ten.
     """
     x = x.float()
-    h = norm.fc(s).float()
-    gamma, beta = h.view(h.size(0), h.size(1), 1).chunk(2, dim=1)
     count = m.sum(dim=-1, keepdim=True)
     masked = x * m
     mean = masked.sum(dim=-1, keepdim=True) / count
     var = masked.mul_(x).sum(dim=-1, keepdim=True) / count - mean * mean
-    rstd = (var.clamp_(min=0.0) + norm.norm.eps).rsqrt_()
-    weight = norm.norm.weight.view(1, -1, 1)
-    bias = norm.norm.bias.view(1, -1, 1)
-    gain = 1.0 + gamma
-    scale = gain * weight * rstd
-    shift = gain * (bias - mean * weight * rstd) + beta
+    scale, shift = adain_scale_shift(norm, s, mean, var)
     return torch.addcmul(shift, x, scale).mul_(m)
 
 
@@ -131,9 +126,7 @@ def _norm_snake(
     m: torch.Tensor,
 ) -> torch.Tensor:
     """Snake of the masked AdaIN: ``y + 1/a * sin(a*y)**2``, zero where ``y`` is."""
-    y = _norm(norm, x, s, m)
-    snake = torch.mul(y, alpha).sin_().square_()
-    return y.addcmul_(snake, alpha.reciprocal())
+    return snake_(_norm(norm, x, s, m), alpha)
 
 
 def _residual_block(
@@ -171,7 +164,7 @@ def _harmonics(
     """
     hars = []
     for b, length in enumerate(n2):
-        with _seeded(seeds[b] if seeds is not None else None, f0_curve.device):
+        with seeded(seeds[b] if seeds is not None else None, f0_curve.device):
             f0 = gen.f0_upsamp(f0_curve[b : b + 1, None, :length]).transpose(1, 2)
             source, _, _ = gen.m_source(f0)
             spec, phase = gen.stft.transform(source.transpose(1, 2).squeeze(1))
@@ -181,7 +174,9 @@ def _harmonics(
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """torch's RNG on ``device`` seeded with ``seed`` inside, and restored after; a no-op
+    for None."""
     if seed is None:
         yield
         return

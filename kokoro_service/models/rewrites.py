@@ -19,26 +19,40 @@ import torch
 from kokoro.istftnet import AdaIN1d, AdaINResBlock1
 
 
-def _norm_style_snake(
-    x: torch.Tensor, adain: AdaIN1d, s: torch.Tensor, alpha: torch.Tensor
-) -> torch.Tensor:
-    """``x + 1/a * sin(a * x)**2`` of ``AdaIN1d(x, s)``, in four passes over ``x``."""
-    x = x.float()
+def adain_scale_shift(
+    adain: AdaIN1d, s: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``AdaIN1d`` as ``y = x * scale + shift``, given the input's instance statistics.
+
+    The norm (``mean`` and the biased ``var``), its affine and the style's affine fold
+    into one scale and shift per item and channel; ``var`` is clamped in place.
+    """
     h = adain.fc(s).float()
     gamma, beta = h.view(h.size(0), h.size(1), 1).chunk(2, dim=1)
-    # Instance norm's statistics (biased variance), then norm, its affine and the style's
-    # affine folded into y = x * scale + shift.
-    mean = x.mean(dim=-1, keepdim=True)
-    var = (x * x).mean(dim=-1, keepdim=True) - mean * mean
     rstd = (var.clamp_(min=0.0) + adain.norm.eps).rsqrt_()
     weight = adain.norm.weight.view(1, -1, 1)
     bias = adain.norm.bias.view(1, -1, 1)
     gain = 1.0 + gamma
     scale = gain * weight * rstd
     shift = gain * (bias - mean * weight * rstd) + beta
-    y = torch.addcmul(shift, x, scale)
+    return scale, shift
+
+
+def snake_(y: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Snake, ``y + 1/a * sin(a * y)**2``, written into ``y``."""
     snake = torch.mul(y, alpha).sin_().square_()
     return y.addcmul_(snake, alpha.reciprocal())
+
+
+def _norm_style_snake(
+    x: torch.Tensor, adain: AdaIN1d, s: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
+    """``x + 1/a * sin(a * x)**2`` of ``AdaIN1d(x, s)``, in four passes over ``x``."""
+    x = x.float()
+    mean = x.mean(dim=-1, keepdim=True)
+    var = (x * x).mean(dim=-1, keepdim=True) - mean * mean
+    scale, shift = adain_scale_shift(adain, s, mean, var)
+    return snake_(torch.addcmul(shift, x, scale), alpha)
 
 
 def _fused_forward(self: AdaINResBlock1, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
