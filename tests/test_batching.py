@@ -15,11 +15,10 @@ from typing import cast
 from kokoro_service.client import Connection, Reply, speak
 from kokoro_service.engine import Engine, Request, Synthesis
 from kokoro_service.scheduler import CallWork, Scheduler, Segment
-from kokoro_service.segmenter import Segmenter, SegmenterConfig
 from kokoro_service.server import Server
 
 from .conftest import TEST_TIMEOUT, DaemonFactory, wait_for
-from .test_server import assert_clean_reply, lengths
+from .test_server import assert_clean_reply, expected_lengths, lengths
 
 
 class GatedEngine:
@@ -49,18 +48,6 @@ class GatedEngine:
     def open(self) -> None:
         self._open.set()
         self._gate.release(100)
-
-
-def owed(engine: Engine, texts: list[str], voice: str = "af_sky", speed: float = 1.0) -> list[int]:
-    """Sample counts each segment of ``texts`` must have: durations are deterministic."""
-    seg = Segmenter(SegmenterConfig(growth=0))
-    segments = [s for t in texts for s in seg.push(t)] + seg.flush()
-    out = []
-    for text in segments:
-        audio = engine.synthesize(text, voice=voice, lang="a", speed=speed).audio
-        if audio is not None:
-            out.append(len(audio))
-    return out
 
 
 def queued(server: Server, call_id: str) -> bool:
@@ -109,7 +96,7 @@ def test_mixed_calls_share_batches_and_each_gets_its_own_audio(
         t.join(TEST_TIMEOUT)
     for call_id, (texts, voice, speed) in calls.items():
         assert_clean_reply(replies[call_id])
-        assert lengths(replies[call_id]) == owed(engine, texts, voice, speed), call_id
+        assert lengths(replies[call_id]) == expected_lengths(engine, texts, voice, speed), call_id
     assert max(server.batches.snapshot()) >= 3
 
 
@@ -118,7 +105,7 @@ def test_a_lone_call_runs_in_batches_of_one(daemon: DaemonFactory, engine: Engin
     texts = ["Hello there, thanks for calling.", "How can I help you today?"]
     reply = speak(*server.tcp_address, "611", texts, timeout=TEST_TIMEOUT)
     assert_clean_reply(reply)
-    assert lengths(reply) == owed(engine, texts)
+    assert lengths(reply) == expected_lengths(engine, texts)
     assert set(server.batches.snapshot()) == {1}
 
 
@@ -150,9 +137,9 @@ def test_cancel_inside_a_batch_drops_only_that_calls_audio(
         replies = [conn.read_until_end(TEST_TIMEOUT) for conn in (a, b, c)]
     for reply in replies:
         assert_clean_reply(reply)
-    assert lengths(replies[0]) == owed(engine, ["Hello there."])
-    assert lengths(replies[1]) == owed(engine, ["After the barge in."])
-    assert lengths(replies[2]) == owed(engine, ["This one is spoken in full."])
+    assert lengths(replies[0]) == expected_lengths(engine, ["Hello there."])
+    assert lengths(replies[1]) == expected_lengths(engine, ["After the barge in."])
+    assert lengths(replies[2]) == expected_lengths(engine, ["This one is spoken in full."])
 
 
 def test_a_client_vanishing_inside_a_batch_harms_no_other_call(
@@ -181,7 +168,7 @@ def test_a_client_vanishing_inside_a_batch_harms_no_other_call(
         reply = b.read_until_end(TEST_TIMEOUT)
         b.close()
     assert_clean_reply(reply)
-    assert lengths(reply) == owed(engine, texts)
+    assert lengths(reply) == expected_lengths(engine, texts)
     assert wait_for(lambda: server.active_calls == 0), "the vanished call was not ended"
     after = speak(*server.tcp_address, "634", ["Still here?"], timeout=TEST_TIMEOUT)
     assert_clean_reply(after)

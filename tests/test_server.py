@@ -34,7 +34,9 @@ SENTENCES = [
 ]
 
 
-def expected_lengths(engine: Engine, texts: list[str], voice: str = "af_sky") -> list[int]:
+def expected_lengths(
+    engine: Engine, texts: list[str], voice: str = "af_sky", speed: float = 1.0
+) -> list[int]:
     """Sample counts the daemon must send for ``texts``: durations are deterministic."""
     seg = Segmenter(SegmenterConfig(growth=0))
     segments: list[str] = []
@@ -43,7 +45,7 @@ def expected_lengths(engine: Engine, texts: list[str], voice: str = "af_sky") ->
     segments += seg.flush()
     out = []
     for s in segments:
-        audio = engine.synthesize(s, voice=voice, lang="a").audio
+        audio = engine.synthesize(s, voice=voice, lang="a", speed=speed).audio
         if audio is not None:
             out.append(len(audio))
     return out
