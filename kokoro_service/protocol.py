@@ -3,14 +3,15 @@
 Nothing here touches a socket.  The module has three responsibilities:
 
 1. Encode every frame a peer or the daemon may send (HELLO, TEXT, KEEPALIVE, BYE, CONTROL,
-   AUDIO, END) and the UDP registration datagrams.
+   AUDIO, WORDS, END) and the UDP registration datagrams.
 2. Decode the text connection's byte stream incrementally (:class:`TextStreamDecoder`),
    checking each length against its bound *before* any of the body is buffered.
 3. Decode the audio stream a client or an audio processor receives
    (:class:`AudioStreamDecoder`).
 
 All header integers are unsigned 32-bit big-endian; audio samples are float32
-little-endian, mono, 24 kHz.
+little-endian, mono, 24 kHz, unless a call asked for another format (section 5 of
+``PROTOCOL.md``), in which case AUDIO payloads are that format's bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -36,7 +37,11 @@ MAX_CALL_ID_BYTES: Final = 1024
 MAX_DATAGRAM_BYTES: Final = 512
 DEFAULT_MAX_TEXT_BYTES: Final = 65_536
 CONTROL_SPEED_RANGE: Final = (0.5, 2.0)
-CONTROL_KEYS: Final = frozenset({"voice", "speed", "lang", "cancel"})
+CONTROL_KEYS: Final = frozenset({"voice", "speed", "lang", "cancel", "format", "rate", "words"})
+# Audio formats a call may ask for (section 5.1), with their bytes per sample.
+SAMPLE_WIDTHS: Final = {"f32le": 4, "s16le": 2, "mulaw": 1, "alaw": 1}
+SAMPLE_RATES: Final = (24_000, 16_000, 8_000)
+MAX_WORDS_BYTES: Final = 1 << 20  # a WORDS body a decoder accepts; a segment's is ~100x less
 
 _U32 = struct.Struct(">I")
 _AUDIO_HEADER = struct.Struct(">III")
@@ -78,18 +83,24 @@ class Control:
     speed: float | None = None
     lang: str | None = None
     cancel: bool = False
+    format: str | None = None
+    rate: int | None = None
+    words: bool | None = None
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {}
-        if self.voice is not None:
-            out["voice"] = self.voice
-        if self.speed is not None:
-            out["speed"] = self.speed
-        if self.lang is not None:
-            out["lang"] = self.lang
+        for key in ("voice", "speed", "lang", "format", "rate", "words"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
         if self.cancel:
             out["cancel"] = True
         return out
+
+    @property
+    def sets_format(self) -> bool:
+        """Whether the frame sets the call's audio format or rate (only before its text)."""
+        return self.format is not None or self.rate is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +116,29 @@ class Audio:
 
 
 @dataclass(frozen=True, slots=True)
+class Word:
+    """A word heard in an AUDIO frame: seconds from the frame's first sample."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Words:
+    """The words of the AUDIO frame ``chunk_id`` that follows (CONTROL ``words``)."""
+
+    chunk_id: int
+    words: tuple[Word, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class End:
     """All audio of the call has been sent."""
 
 
 ClientFrame = Hello | Text | Keepalive | Bye | Control
-ServerFrame = Audio | End
+ServerFrame = Audio | Words | End
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,27 +203,72 @@ def encode_control(control: Control) -> bytes:
     return _U32.pack(CONTROL_FLAG | len(raw)) + raw
 
 
-def encode_audio_header(payload_bytes: int, chunk_id: int, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Header of an AUDIO frame; the payload follows it separately so it is never copied."""
-    if payload_bytes <= 0 or payload_bytes % 4:
+def encode_audio_header(
+    payload_bytes: int, chunk_id: int, sample_rate: int = SAMPLE_RATE, width: int = 4
+) -> bytes:
+    """Header of an AUDIO frame; the payload follows it separately so it is never copied.
+
+    ``width`` is the bytes per sample of the call's format (4 for the seed's float32).
+    """
+    if payload_bytes <= 0 or payload_bytes % width:
         # A zero payload would read as END to a seed peer, so it is never produced.
-        raise ProtocolError(f"AUDIO payload must be a positive multiple of 4, got {payload_bytes}")
+        raise ProtocolError(
+            f"AUDIO payload must be a positive multiple of {width}, got {payload_bytes}"
+        )
     if not 1 <= chunk_id <= 0xFFFF_FFFF:
         raise ProtocolError(f"chunk_id out of range: {chunk_id}")
+    if sample_rate <= 0:
+        raise ProtocolError("AUDIO sample_rate must be positive (0 marks WORDS and END)")
     return _AUDIO_HEADER.pack(payload_bytes, sample_rate, chunk_id)
 
 
-def audio_payload(samples: npt.NDArray[np.floating]) -> memoryview:
-    """View ``samples`` as float32 LE bytes without copying when already in that layout."""
-    arr = np.ascontiguousarray(samples, dtype=_FLOAT32_LE).reshape(-1)
+def words_body(words: Sequence[Word]) -> bytes:
+    """The JSON body of a WORDS frame; times in seconds, to the millisecond."""
+    listed = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words]
+    return json.dumps({"words": listed}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_words_header(body_bytes: int, chunk_id: int) -> bytes:
+    """Header of a WORDS frame: ``u32 n, u32 0, u32 chunk_id``; the JSON body follows."""
+    if body_bytes < 2:  # n = 0 with a zero rate and chunk id would read as END
+        raise ProtocolError(f"WORDS body must be at least 2 bytes, got {body_bytes}")
+    if not 1 <= chunk_id <= 0xFFFF_FFFF:
+        raise ProtocolError(f"chunk_id out of range: {chunk_id}")
+    return _AUDIO_HEADER.pack(body_bytes, 0, chunk_id)
+
+
+def encode_words(chunk_id: int, words: Sequence[Word]) -> bytes:
+    """A WORDS frame: header and JSON body."""
+    body = words_body(words)
+    return encode_words_header(len(body), chunk_id) + body
+
+
+def audio_payload(samples: npt.NDArray[np.generic]) -> memoryview:
+    """The AUDIO payload bytes of ``samples``, without copying when already laid out.
+
+    Float arrays are sent as float32 LE (the seed format); integer arrays are a call's
+    encoded format (int16 LE, G.711 bytes) and are sent as they are.
+    """
+    if np.issubdtype(samples.dtype, np.floating):
+        arr = np.ascontiguousarray(samples, dtype=_FLOAT32_LE).reshape(-1)
+    else:
+        arr = np.ascontiguousarray(samples).reshape(-1)
     return memoryview(arr.data).cast("B")
 
 
 def encode_audio(
-    chunk_id: int, samples: npt.NDArray[np.floating] | bytes, sample_rate: int = SAMPLE_RATE
+    chunk_id: int,
+    samples: npt.NDArray[np.generic] | bytes,
+    sample_rate: int = SAMPLE_RATE,
+    width: int = 4,
 ) -> bytes:
-    payload = bytes(samples) if isinstance(samples, bytes) else audio_payload(samples).tobytes()
-    return encode_audio_header(len(payload), chunk_id, sample_rate) + payload
+    """A whole AUDIO frame; ``width`` is the bytes per sample of a ``bytes`` payload."""
+    if isinstance(samples, bytes):
+        payload = samples
+    else:
+        payload = audio_payload(samples).tobytes()
+        width = 4 if np.issubdtype(samples.dtype, np.floating) else samples.dtype.itemsize
+    return encode_audio_header(len(payload), chunk_id, sample_rate, width) + payload
 
 
 END_FRAME: Final = _AUDIO_HEADER.pack(0, 0, 0)
@@ -252,7 +325,36 @@ def parse_control(payload: bytes) -> Control:
     cancel = obj.get("cancel", False)
     if not isinstance(cancel, bool):
         raise ProtocolError("CONTROL 'cancel' must be true or false")
-    return Control(voice=voice, speed=speed, lang=lang, cancel=cancel)
+    fmt = obj.get("format")
+    if fmt is not None and fmt not in SAMPLE_WIDTHS:
+        raise ProtocolError(f"CONTROL 'format' must be one of {', '.join(SAMPLE_WIDTHS)}")
+    rate = obj.get("rate")
+    if rate is not None and (isinstance(rate, bool) or rate not in SAMPLE_RATES):
+        raise ProtocolError(
+            f"CONTROL 'rate' must be one of {', '.join(str(r) for r in SAMPLE_RATES)}"
+        )
+    words = obj.get("words")
+    if words is not None and not isinstance(words, bool):
+        raise ProtocolError("CONTROL 'words' must be true or false")
+    return Control(
+        voice=voice,
+        speed=speed,
+        lang=lang,
+        cancel=cancel,
+        format=fmt,
+        rate=None if rate is None else int(rate),
+        words=words,
+    )
+
+
+def parse_words(body: bytes) -> tuple[Word, ...]:
+    """Decode a WORDS body; any deviation raises :class:`ProtocolError`."""
+    try:
+        obj = json.loads(body.decode("utf-8"))
+        listed = obj["words"]
+        return tuple(Word(str(w["word"]), float(w["start"]), float(w["end"])) for w in listed)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad WORDS body ({type(exc).__name__}: {exc})") from None
 
 
 def _decode_utf8(payload: bytes, what: str) -> str:
@@ -373,14 +475,19 @@ class AudioStreamDecoder:
 
     Used by clients, tests, benchmarks and the ``send`` command.  With
     ``expect_hello=True`` it first reads the HELLO frame that an audio processor sink
-    receives (``u32 len`` + call_id).
+    receives (``u32 len`` + call_id).  ``width`` is the bytes per sample of the format
+    the call asked for (4, float32, unless it sent CONTROL ``format``); WORDS frames are
+    decoded whether or not they were asked for.
     """
 
-    def __init__(self, *, expect_hello: bool = False, max_payload: int = 1 << 28) -> None:
+    def __init__(
+        self, *, expect_hello: bool = False, max_payload: int = 1 << 28, width: int = 4
+    ) -> None:
         self._buf = bytearray()
         self._expect_hello = expect_hello
         self.call_id: str | None = None
         self.max_payload = max_payload
+        self.width = width
 
     def feed(self, data: bytes) -> list[ServerFrame]:
         self._buf += data
@@ -404,7 +511,16 @@ class AudioStreamDecoder:
                 del self._buf[:AUDIO_HEADER_BYTES]
                 out.append(End())
                 continue
-            if size % 4 or size == 0 or size > self.max_payload:
+            if rate == 0:
+                if not 2 <= size <= MAX_WORDS_BYTES:
+                    raise ProtocolError(f"bad WORDS length {size}")
+                if len(self._buf) < AUDIO_HEADER_BYTES + size:
+                    return out
+                body = bytes(self._buf[AUDIO_HEADER_BYTES : AUDIO_HEADER_BYTES + size])
+                del self._buf[: AUDIO_HEADER_BYTES + size]
+                out.append(Words(chunk, parse_words(body)))
+                continue
+            if size % self.width or size == 0 or size > self.max_payload:
                 raise ProtocolError(f"bad AUDIO payload size {size}")
             if len(self._buf) < AUDIO_HEADER_BYTES + size:
                 return out
