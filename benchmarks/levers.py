@@ -216,8 +216,8 @@ class Bench:
         pack = self.engine.voices.get(self.voice)
         samples = 0
         with mode():
-            for ps in self.engine.phonemize(text, "a"):
-                out = KPipeline.infer(self.engine.model, ps, pack, 1.0)
+            for chunk in self.engine.phonemize(text, "a"):
+                out = KPipeline.infer(self.engine.model, chunk.phonemes, pack, 1.0)
                 samples += out.audio.detach().float().cpu().numpy().size
         return samples
 
@@ -405,8 +405,8 @@ def lever_onnxruntime(b: Bench, runs: int) -> dict[str, Any]:
     def ort_synth(text: str) -> tuple[float, Any]:
         t0 = time.perf_counter()
         pieces = []
-        for ps in e.phonemize(text, "a"):
-            ids = [0, *(vocab[p] for p in ps if p in vocab), 0]
+        for chunk in e.phonemize(text, "a"):
+            ids = [0, *(vocab[p] for p in chunk.phonemes if p in vocab), 0]
             style = pack[len(ids) - 3].reshape(1, -1).numpy().astype(np.float32)
             feeds = {
                 "tokens": np.array([ids], dtype=np.int64),

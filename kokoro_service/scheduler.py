@@ -15,6 +15,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine imports torch; the scheduler stays light
+    from .engine import G2PChunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +31,7 @@ class Segment:
     speed: float
     generation: int
     first: bool
-    phonemes: Future[list[str]] | None = None
+    phonemes: Future[list[G2PChunk]] | None = None
     """G2P started when the segment was cut (batched serving), so the batch need not wait."""
 
 

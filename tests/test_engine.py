@@ -184,7 +184,7 @@ def test_hard_text_never_crashes(engine: Engine, text: str) -> None:
 def test_over_context_text_is_spoken_in_several_chunks(engine: Engine) -> None:
     # The premise of the hard-text case above: more phonemes than one forward may take.
     chunks = engine.phonemize(OVER_CONTEXT, "a")
-    assert len(chunks) >= 2 and all(len(c) <= 510 for c in chunks)
+    assert len(chunks) >= 2 and all(len(c.phonemes) <= 510 for c in chunks)
 
 
 def test_every_worker_thread_flushes_denormals(engine: Engine) -> None:

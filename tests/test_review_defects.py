@@ -134,7 +134,7 @@ def test_loading_a_language_does_not_block_other_languages(
         phonemes: list[str] = []
 
         def g2p() -> None:
-            phonemes.extend(engine.phonemize("Hello there.", "a"))
+            phonemes.extend(c.phonemes for c in engine.phonemize("Hello there.", "a"))
             done.set()
 
         threading.Thread(target=g2p, daemon=True).start()

@@ -52,7 +52,8 @@ class BatchItem:
 
 @dataclass(frozen=True, slots=True)
 class BatchOutput:
-    """One item's audio (on the model's device) and its per-token durations in frames."""
+    """One item's audio (on the model's device) and its per-token durations in frames
+    (on the host)."""
 
     audio: torch.Tensor
     pred_dur: torch.Tensor
@@ -308,8 +309,10 @@ def forward_batch(
     x = _packed_lstm(model.predictor.lstm, d, lengths_cpu)
     duration = torch.sigmoid(model.predictor.duration_proj(x)).sum(dim=-1) / speed
     pred_dur = torch.round(duration).clamp(min=1).long() * (~text_mask)
-    # The one wait for the device in the whole pass: every later shape depends on it.
-    frames = pred_dur.sum(dim=1).cpu()
+    # The one wait for the device in the whole pass: every later shape depends on it, and
+    # word timings need the durations on the host anyway.
+    durations = pred_dur.cpu()
+    frames = durations.sum(dim=1)
     most = int(frames.max())
     # Frame f of an item belongs to the token whose cumulative duration first passes f;
     # frames past the item point at an all-zero row.
@@ -336,4 +339,6 @@ def forward_batch(
     )
     with context:
         audio = _decoder(dec, asr, f0_curve, noise, ref_s[:, :128], frames, seeds)
-    return [BatchOutput(a.float(), pred_dur[b, : int(lengths_cpu[b])]) for b, a in enumerate(audio)]
+    return [
+        BatchOutput(a.float(), durations[b, : int(lengths_cpu[b])]) for b, a in enumerate(audio)
+    ]
