@@ -30,8 +30,9 @@ import numpy.typing as npt
 from .config import Settings
 from .engine import Engine
 from .errors import VoiceError
+from .formats import SEED_FORMAT, AudioFormat, CallEncoder
 from .pacing import Pacing
-from .protocol import SAMPLE_RATE, Control
+from .protocol import SAMPLE_RATE, Control, Word, words_body
 from .ratelimit import RateLimitedLog
 from .routing import CallRoute, Registry
 from .scheduler import CallWork, Scheduler, Segment
@@ -45,7 +46,11 @@ _ORDINARY_CLOSES = ("BYE", "closed without BYE", "daemon shutting down")
 
 @dataclass(eq=False)
 class Call:
-    """A live call: its settings, segmenter, scheduler entry, audio route and counters."""
+    """A live call: its settings, segmenter, scheduler entry, audio route and counters.
+
+    ``format`` and ``encoder`` are the audio format it asked for (PROTOCOL.md 5.1), fixed
+    once its first TEXT arrives; ``words`` whether it gets WORDS frames (5.2).
+    """
 
     call_id: str
     peer: str
@@ -64,6 +69,10 @@ class Call:
     drained: bool = True
     input_closed: bool = False
     end_reason: str = ""
+    format: AudioFormat = SEED_FORMAT
+    encoder: CallEncoder | None = None
+    words: bool = False
+    text_seen: bool = False
 
 
 class Calls:
@@ -71,8 +80,9 @@ class Calls:
 
     Responsibilities: open a call (refusing a call_id in use) and give it a route; accept
     its text within ``max_pending_chars`` and cut segments only when a worker needs one;
-    apply CONTROL (voice, lang, speed, cancel); deliver synthesized audio in order; end
-    the call once, with END, when its input is closed and its work is done.
+    apply CONTROL (voice, lang, speed, cancel, format, rate, words); deliver synthesized
+    audio in order, in the call's format and with its words when asked; end the call
+    once, with END, when its input is closed and its work is done.
     """
 
     def __init__(
@@ -174,6 +184,7 @@ class Calls:
         """TEXT: buffer it, refusing what would exceed ``max_pending_chars``."""
         s = self.settings
         with call.lock:
+            call.text_seen = True  # the audio format is fixed from here on
             backlog = call.segmenter.pending_chars + self.scheduler.pending_chars(call.work)
             if backlog + len(text) > s.max_pending_chars:
                 self._refusals.warning(
@@ -205,6 +216,8 @@ class Calls:
                 call.segmenter.reset()
                 dropped, _ = self.scheduler.cancel(call.work)
                 frames = call.route.purge()
+                if call.encoder is not None:  # its held tail belongs to the dropped audio
+                    call.encoder.reset()
             log.info(
                 "cancel call=%s peer=%s dropped_segments=%d dropped_frames=%d took_ms=%.1f",
                 call.call_id,
@@ -237,6 +250,31 @@ class Calls:
             call.voice, call.lang, call.speed = new
         if voice or lang or ctl.speed is not None:
             log.debug("settings call=%s voice=%s lang=%s speed=%s", call.call_id, *new)
+        if ctl.sets_format:
+            self._set_format(call, ctl)
+        if ctl.words is not None:
+            with call.lock:
+                call.words = ctl.words
+
+    def _set_format(self, call: Call, ctl: Control) -> None:
+        """CONTROL format/rate: only before the call's first TEXT (PROTOCOL.md 5.1)."""
+        with call.lock:
+            fmt = AudioFormat(ctl.format or call.format.encoding, ctl.rate or call.format.rate)
+            if call.text_seen:
+                if fmt != call.format:
+                    self._refusals.warning(
+                        f"format:{call.call_id}",
+                        "format refused call=%s peer=%s: %s asked after the call's first TEXT; "
+                        "keeping %s",
+                        call.call_id,
+                        call.peer,
+                        fmt,
+                        call.format,
+                    )
+                return
+            call.format = fmt
+            call.encoder = None if fmt.is_seed else CallEncoder(fmt)
+        log.info("format call=%s peer=%s format=%s", call.call_id, call.peer, fmt)
 
     def _refused(self, call: Call, what: str, exc: Exception, kept: str) -> None:
         self._refusals.warning(
@@ -308,14 +346,23 @@ class Calls:
         seg: Segment,
         audio: npt.NDArray[np.float32],
         synth_seconds: float,
+        words: tuple[Word, ...] = (),
     ) -> int | None:
-        """Hand a segment's audio to the call's route, unless it was cancelled meanwhile;
-        return the chunk id it got."""
+        """Hand a segment's audio to the call's route, in the call's format and after its
+        WORDS frame if asked, unless it was cancelled meanwhile; return its chunk id."""
         audio_seconds = len(audio) / SAMPLE_RATE
         with call.lock:
             if seg.generation != self.scheduler.generation(call.work):
                 return None
-            chunk = call.route.send_audio(audio)
+            payload: npt.NDArray[np.generic] = audio
+            lag = 0.0
+            if call.encoder is not None:
+                encoded = call.encoder.encode(audio)
+                payload, lag = encoded.payload, encoded.lag
+            body = None
+            if call.words:
+                body = words_body([Word(w.word, w.start + lag, w.end + lag) for w in words])
+            chunk = call.route.send_audio(payload, sample_rate=call.format.rate, words=body)
             if chunk is None:
                 return None
             self.pacing.measure(len(seg.text), synth_seconds, audio_seconds)
@@ -334,6 +381,7 @@ class Calls:
         drained, finished = self.scheduler.done(call.work, seg)
         if drained:
             with call.lock:
+                self._flush_format(call)
                 if call.segments:
                     rtf = call.synth_seconds / call.audio_seconds if call.audio_seconds else 0.0
                     log.info(
@@ -399,6 +447,16 @@ class Calls:
         segment = call.segmenter.take(final=call.input_closed, load=load, budget=budget)
         if segment is not None:
             self._submit(call, [segment], first=first)
+
+    def _flush_format(self, call: Call) -> None:
+        """The call's speech paused: send what its resampler holds back (a few ms), so the
+        end of a reply is not kept until the next one.  Caller holds ``call.lock``."""
+        if call.encoder is None:
+            return
+        tail = call.encoder.flush()
+        if tail is not None and tail.size:
+            body = words_body([]) if call.words else None
+            call.route.send_audio(tail, sample_rate=call.format.rate, words=body)
 
     def _submit(self, call: Call, texts: list[str], *, first: bool) -> None:
         if not texts:

@@ -31,7 +31,7 @@ from .config import (
     range_text,
 )
 from .errors import ConfigError, KokoroServiceError
-from .protocol import CONTROL_SPEED_RANGE, SAMPLE_RATE
+from .protocol import CONTROL_SPEED_RANGE, SAMPLE_RATE, SAMPLE_RATES, SAMPLE_WIDTHS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _FIELDS = {f.name: f for f in cli_fields()}
@@ -215,6 +215,24 @@ def say(text: str, output: Path, **kw: Any) -> None:
     type=click.FloatRange(*CONTROL_SPEED_RANGE),
     help="Send CONTROL speed first.",
 )
+@click.option(
+    "--format",
+    "audio_format",
+    default=None,
+    type=click.Choice(list(SAMPLE_WIDTHS)),
+    help="Send CONTROL format first: the encoding of the audio that comes back.",
+)
+@click.option(
+    "--rate",
+    default=None,
+    type=click.Choice([str(r) for r in SAMPLE_RATES]),
+    help="Send CONTROL rate first: the sample rate of the audio that comes back.",
+)
+@click.option(
+    "--words",
+    is_flag=True,
+    help="Send CONTROL words first, and print each AUDIO frame's words with their times.",
+)
 @click.option("--timeout", default=120.0, show_default=True, type=float)
 def send(
     text: tuple[str, ...],
@@ -222,12 +240,16 @@ def send(
     output: Path,
     voice: str | None,
     speed: float | None,
+    audio_format: str | None,
+    rate: str | None,
+    words: bool,
     timeout: float,
     **kw: Any,
 ) -> None:
     """Send TEXT... to a running daemon as one call and write the audio that comes back.
 
-    Each TEXT argument is one TEXT frame. This is the operator's smoke test.
+    Each TEXT argument is one TEXT frame. This is the operator's smoke test. The WAV file
+    holds the audio decoded to float at the rate asked for.
     """
     import soundfile as sf
 
@@ -240,16 +262,31 @@ def send(
         validate_call_id(call_id)
         t0 = time.monotonic()
         reply = speak(
-            host, tcp_port, call_id, list(text), voice=voice, speed=speed, timeout=timeout
+            host,
+            tcp_port,
+            call_id,
+            list(text),
+            voice=voice,
+            speed=speed,
+            format=audio_format,
+            rate=int(rate) if rate else None,
+            words=True if words else None,
+            timeout=timeout,
         )
     except (OSError, KokoroServiceError) as exc:
         raise click.ClickException(f"cannot talk to {host}:{tcp_port}: {exc}") from None
     audio = reply.audio()
-    sf.write(str(output), audio, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(str(output), audio, reply.format.rate, subtype="FLOAT")
+    if words:
+        for chunk in reply.chunks:
+            timed = " ".join(
+                f"{w.word}@{w.start:.2f}-{w.end:.2f}" for w in reply.words.get(chunk.chunk_id, ())
+            )
+            click.echo(f"chunk {chunk.chunk_id} words: {timed or '-'}")
     first = f"{(reply.arrivals[0] - t0) * 1e3:.0f} ms" if reply.arrivals else "never"
     click.echo(
         f"call {call_id}: {len(reply.chunks)} AUDIO frame(s), chunk ids {reply.chunk_ids}, "
-        f"{reply.seconds:.2f}s of audio, first audio after {first}, "
+        f"{reply.seconds:.2f}s of {reply.format} audio, first audio after {first}, "
         f"END {'received' if reply.ended else 'MISSING'}; wrote {output}"
     )
     if not reply.ended:

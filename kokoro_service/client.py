@@ -1,6 +1,7 @@
 """A blocking protocol client: the ``send`` command, the tests and the benchmarks use it.
 
-It speaks only what ``PROTOCOL.md`` says, through :mod:`kokoro_service.protocol`.
+It speaks only what ``PROTOCOL.md`` says, through :mod:`kokoro_service.protocol`, and
+decodes the audio formats a call may ask for with :mod:`kokoro_service.formats`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from .formats import SEED_FORMAT, AudioFormat, decode_samples
 from .protocol import (
-    SAMPLE_RATE,
     Audio,
     AudioStreamDecoder,
     Control,
     End,
+    Word,
+    Words,
     encode_bye,
     encode_control,
     encode_hello,
@@ -31,6 +34,9 @@ class Reply:
 
     chunks: list[Audio] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
+    words: dict[int, tuple[Word, ...]] = field(default_factory=dict)
+    """The WORDS frames, by the chunk id of the AUDIO frame each came before."""
+    format: AudioFormat = SEED_FORMAT
     ended: bool = False
     closed: bool = False
 
@@ -39,13 +45,34 @@ class Reply:
         return [c.chunk_id for c in self.chunks]
 
     def audio(self) -> npt.NDArray[np.float32]:
+        """Every AUDIO frame decoded to float32, at the call's rate (``format.rate``)."""
         if not self.chunks:
             return np.zeros(0, dtype=np.float32)
-        return np.concatenate([c.to_array() for c in self.chunks])
+        return np.concatenate(
+            [decode_samples(c.samples, self.format.encoding) for c in self.chunks]
+        )
 
     @property
     def seconds(self) -> float:
-        return sum(len(c.samples) // 4 for c in self.chunks) / SAMPLE_RATE
+        samples = sum(len(c.samples) // self.format.width for c in self.chunks)
+        return samples / self.format.rate
+
+    def words_heard(self, played: float) -> list[Word]:
+        """The words a listener has heard after ``played`` seconds of this call's audio.
+
+        What a client does at barge-in: each AUDIO frame starts where the frames before it
+        end in playback time, and its WORDS frame times each word from that start.  A word
+        counts as heard once its end has been played.  Times in the result are from the
+        start of the call's audio.
+        """
+        heard: list[Word] = []
+        start = 0.0
+        for chunk in self.chunks:
+            for w in self.words.get(chunk.chunk_id, ()):
+                if start + w.end <= played:
+                    heard.append(Word(w.word, start + w.start, start + w.end))
+            start += len(chunk.samples) / self.format.width / self.format.rate
+        return heard
 
 
 class Connection:
@@ -67,7 +94,13 @@ class Connection:
         self.send_raw(encode_text(text, max_text_bytes=0x7FFF_FFFF))
 
     def control(self, **kw: object) -> None:
-        self.send_raw(encode_control(Control(**kw)))  # type: ignore[arg-type]
+        """Send CONTROL; a ``format`` or ``rate`` also sets how the reply is decoded."""
+        ctl = Control(**kw)  # type: ignore[arg-type]
+        self.send_raw(encode_control(ctl))
+        if ctl.sets_format:
+            fmt = self.reply.format
+            self.reply.format = AudioFormat(ctl.format or fmt.encoding, ctl.rate or fmt.rate)
+            self.decoder.width = self.reply.format.width
 
     def bye(self) -> None:
         self.send_raw(encode_bye())
@@ -89,6 +122,8 @@ class Connection:
         for frame in self.decoder.feed(data):
             if isinstance(frame, End):
                 self.reply.ended = True
+            elif isinstance(frame, Words):
+                self.reply.words[frame.chunk_id] = frame.words
             else:
                 self.reply.chunks.append(frame)
                 self.reply.arrivals.append(now)
@@ -120,13 +155,20 @@ def speak(
     voice: str | None = None,
     speed: float | None = None,
     lang: str | None = None,
+    format: str | None = None,
+    rate: int | None = None,
+    words: bool | None = None,
     timeout: float = 120.0,
 ) -> Reply:
-    """HELLO, optional CONTROL, every TEXT, BYE; return what came back."""
+    """HELLO, one CONTROL with the settings given (if any), every TEXT, BYE; return what
+    came back."""
+    settings = {"voice": voice, "speed": speed, "lang": lang, "format": format, "rate": rate}
+    settings["words"] = words
+    given = {k: v for k, v in settings.items() if v is not None}
     with Connection(host, port, timeout=timeout) as conn:
         conn.hello(call_id)
-        if voice is not None or speed is not None or lang is not None:
-            conn.control(voice=voice, speed=speed, lang=lang)
+        if given:
+            conn.control(**given)
         for text in texts:
             conn.text(text)
         conn.bye()

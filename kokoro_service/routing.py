@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from .protocol import END_FRAME
+from .protocol import END_FRAME, SAMPLE_RATE
 from .writers import AudioItem, FrameWriter, Item, RawItem, SinkWriter
 
 log = logging.getLogger("kokoro_service.routing")
@@ -180,14 +180,21 @@ class CallRoute:
             self._old_sinks.append(sink)
             log.info("call unrouted from sink call=%s reason=%s", self.call_id, reason)
 
-    def send_audio(self, samples: npt.NDArray[np.float32]) -> int | None:
-        """Queue one AUDIO frame on the current destination; return its chunk id."""
+    def send_audio(
+        self,
+        samples: npt.NDArray[np.generic],
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        words: bytes | None = None,
+    ) -> int | None:
+        """Queue one AUDIO frame, after its WORDS body if given, on the current
+        destination; return its chunk id."""
         with self._lock:
             dest = self._current()
             if dest is None or self._ended:
                 return None
             self._chunk_id += 1
-            if not dest.offer(AudioItem(self._chunk_id, samples)):
+            if not dest.offer(AudioItem(self._chunk_id, samples, sample_rate, words)):
                 self._chunk_id -= 1
                 return None
             return self._chunk_id

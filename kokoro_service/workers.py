@@ -121,7 +121,7 @@ class Worker:
         elif result.audio is None:
             log.info("nothing to speak call=%s text=%r (no phonemes)", call.call_id, seg.text[:80])
         else:
-            chunk = self.calls.deliver(call, seg, result.audio, result.seconds)
+            chunk = self.calls.deliver(call, seg, result.audio, result.seconds, result.words)
             if chunk is not None:
                 log.debug(
                     "segment call=%s chunk=%d chars=%d synth_s=%.3f audio_s=%.3f",

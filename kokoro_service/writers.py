@@ -20,15 +20,26 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import DestinationError
-from .protocol import audio_payload, encode_audio_header, encode_hello
+from .protocol import (
+    SAMPLE_RATE,
+    audio_payload,
+    encode_audio_header,
+    encode_hello,
+    encode_words_header,
+)
 
 log = logging.getLogger("kokoro_service.writers")
 
 
 @dataclass(slots=True)
 class AudioItem:
+    """One AUDIO frame, and the WORDS frame that goes just before it, if the call asked."""
+
     chunk_id: int
-    samples: npt.NDArray[np.float32]
+    samples: npt.NDArray[np.generic]
+    """float32 (the seed format), or the call's encoded samples (int16, G.711 bytes)."""
+    sample_rate: int = SAMPLE_RATE
+    words: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -195,8 +206,13 @@ class FrameWriter:
             self._send(sock, [memoryview(item.data)])
             return
         payload = audio_payload(item.samples)
-        header = encode_audio_header(payload.nbytes, item.chunk_id)
-        self._send(sock, [memoryview(header), payload])
+        width = 4 if np.issubdtype(item.samples.dtype, np.floating) else item.samples.itemsize
+        header = encode_audio_header(payload.nbytes, item.chunk_id, item.sample_rate, width)
+        buffers = [memoryview(header), payload]
+        if item.words is not None:  # one sendmsg: a WORDS frame never parts from its AUDIO
+            words_header = encode_words_header(len(item.words), item.chunk_id)
+            buffers[:0] = [memoryview(words_header), memoryview(item.words)]
+        self._send(sock, buffers)
 
     def _send(self, sock: socket.socket, buffers: list[memoryview]) -> None:
         """Send every byte; fail when the peer accepts nothing for ``write_timeout``."""

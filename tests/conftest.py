@@ -22,7 +22,7 @@ from kokoro_service.config import Settings
 from kokoro_service.engine import Engine
 from kokoro_service.models.checkpoint import build_random_checkpoint
 from kokoro_service.models.sources import model_dir_source
-from kokoro_service.protocol import AudioStreamDecoder, End, ServerFrame
+from kokoro_service.protocol import Audio, AudioStreamDecoder, End, Words
 from kokoro_service.server import Server
 
 TEST_TIMEOUT = 60.0
@@ -83,7 +83,7 @@ def free_port_base() -> int:
 class FakeSink:
     """A fake outbound audio processor: a TCP listener on sink_port_base + N."""
 
-    def __init__(self, port: int, *, read: bool = True) -> None:
+    def __init__(self, port: int, *, read: bool = True, width: int = 4) -> None:
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if not read:  # a small window, so a processor that never reads stalls quickly
@@ -92,7 +92,9 @@ class FakeSink:
         self.listener.listen(8)
         self.listener.settimeout(0.2)
         self.read = read
-        self.frames: list[ServerFrame] = []
+        self.width = width  # bytes per sample of the call's format
+        self.frames: list[Audio | End] = []
+        self.words: list[Words] = []
         self.call_ids: list[str | None] = []
         self.connections = 0
         self._stop = threading.Event()
@@ -111,7 +113,7 @@ class FakeSink:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        decoder = AudioStreamDecoder(expect_hello=True)
+        decoder = AudioStreamDecoder(expect_hello=True, width=self.width)
         conn.settimeout(0.2)
         with conn:
             while not self._stop.is_set():
@@ -126,7 +128,11 @@ class FakeSink:
                     return
                 if not data:
                     return
-                self.frames.extend(decoder.feed(data))
+                for frame in decoder.feed(data):
+                    if isinstance(frame, Words):
+                        self.words.append(frame)
+                    else:
+                        self.frames.append(frame)
                 if decoder.call_id is not None and decoder.call_id not in self.call_ids:
                     self.call_ids.append(decoder.call_id)
 
@@ -199,6 +205,8 @@ def read_reply(sock: socket.socket, timeout: float = TEST_TIMEOUT) -> Reply:
         for frame in decoder.feed(data):
             if isinstance(frame, End):
                 reply.ended = True
+            elif isinstance(frame, Words):
+                reply.words[frame.chunk_id] = frame.words
             else:
                 reply.chunks.append(frame)
     reply.closed = True

@@ -19,7 +19,7 @@ import torch
 
 from kokoro_service.config import Settings
 from kokoro_service.daemon import load_off_main_thread
-from kokoro_service.engine import Engine, Request, Synthesis, bf16_unavailable
+from kokoro_service.engine import Engine, G2PChunk, Request, Synthesis, bf16_unavailable
 from kokoro_service.errors import SynthesisError, VoiceError
 from kokoro_service.models import batched
 from kokoro_service.models.batched import BatchItem, forward_batch
@@ -43,7 +43,7 @@ def _items(engine: Engine) -> list[BatchItem]:
     names = engine.voices.names
     items = []
     for text, voice, speed in MIXED:
-        ps = engine.phonemize(text, "a")[0]
+        ps = engine.phonemize(text, "a")[0].phonemes
         pack = engine.voices.get(names[voice % len(names)])
         items.append(BatchItem(ps, pack[len(ps) - 1], speed))
     return items
@@ -166,10 +166,11 @@ def test_a_segment_of_several_chunks_is_put_back_together(engine: Engine) -> Non
     # Over 510 phonemes: kokoro's pipeline cuts it into chunks, each its own batch item.
     long = " ".join(["Your appointment with Doctor Patel is on Tuesday at three thirty."] * 9)
     assert len(engine.phonemize(long, "a")) >= 2
+    # At twice the speed: half the frames to synthesize, the same chunking.
     results = engine.synthesize_batch(
-        [Request("Hello.", "af_sky", "a"), Request(long, "af_sky", "a")]
+        [Request("Hello.", "af_sky", "a", 2.0), Request(long, "af_sky", "a", 2.0)]
     )
-    _assert_as_alone(engine, [(results[0], "Hello."), (results[1], long)])
+    _assert_as_alone(engine, [(results[0], "Hello."), (results[1], long)], speed=2.0)
 
 
 @pytest.mark.skipif(bf16_unavailable("cpu") is not None, reason="no bf16 on this CPU")
@@ -194,8 +195,8 @@ def test_batched_bf16_items_equal_batch_one_bf16(engine: Engine) -> None:
 def test_a_request_the_model_cannot_take_fails_alone(engine: Engine) -> None:
     # Phonemes beyond the model's 510-symbol context: G2P never cuts such a chunk, but a
     # caller of the engine can hand one in.
-    too_long: Future[list[str]] = Future()
-    too_long.set_result(["ə" * 600])
+    too_long: Future[list[G2PChunk]] = Future()
+    too_long.set_result([G2PChunk("ə" * 600)])
     results = engine.synthesize_batch(
         [
             Request("Okay.", "af_sky", "a"),
@@ -222,8 +223,10 @@ def test_a_failing_batched_pass_falls_back_to_one_by_one(
     assert logs.has("batched synthesis of 2 segments failed", "one by one")
 
 
-def _assert_as_alone(engine: Engine, pairs: list[tuple[Synthesis | Exception, str]]) -> None:
+def _assert_as_alone(
+    engine: Engine, pairs: list[tuple[Synthesis | Exception, str]], speed: float = 1.0
+) -> None:
     for result, text in pairs:
         assert not isinstance(result, Exception) and result.audio is not None
-        alone = engine.synthesize(text, voice="af_sky", lang="a").audio
+        alone = engine.synthesize(text, voice="af_sky", lang="a", speed=speed).audio
         assert alone is not None and len(result.audio) == len(alone)
