@@ -91,6 +91,19 @@ _CLINGERS = frozenset(
     from by into onto about as than and or but nor so if is are was were be been am will
     would can could should shall may might must do does did have has had not no very""".split()
 )
+# Abbreviations that lead into the next word (a name, a street, a day): a cut right after
+# one strands it ("Dr." | "Smith", "St." | "Louis", "Mar." | "3rd"), as does a cut after
+# an initial ("W." | "Main").
+_LEADING_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st mt no apt jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+# Street types end the street's name: no cut between the name and its type ("Main" | "St.").
+_STREET_TYPES = frozenset("st ave blvd rd dr ln ct pl pkwy hwy".split())
+# A comma after a weekday is inside a date ("Tue., Mar. 3rd"), not the end of a clause.
+_WEEKDAYS = frozenset(
+    """mon tue tues wed thu thur thurs fri sat sun monday tuesday wednesday thursday friday
+    saturday sunday""".split()
+)
 _SENTENCE_END = "!?…"
 _CLAUSE_MARKS = ",;:—–"
 _CLOSERS = "\"')]}”’»"
@@ -305,7 +318,7 @@ def _budget_cut(buf: str, budget: int, max_word_chars: int, *, final: bool) -> i
             break
         if ch not in _SENTENCE_END + "." + _CLAUSE_MARKS or not buf[:i].strip():
             continue
-        if ch == "." and _ends_abbreviation(buf, i):
+        if _inside_phrase(buf, i):
             continue
         cut = _is_boundary_at(buf, i, final=final)
         if cut is not None and cut <= soft + 1:
@@ -322,15 +335,29 @@ def _budget_cut(buf: str, budget: int, max_word_chars: int, *, final: bool) -> i
 
 
 def _clings(word: str) -> bool:
-    """Whether a segment may not end on ``word``: a function word, or a number (its unit,
-    or the next digit of a spelled-out sequence, follows)."""
-    return word.lower() in _CLINGERS or any(c.isdigit() for c in word)
+    """Whether a segment may not end on ``word``: a function word, a number (its unit,
+    or the next digit of a spelled-out sequence, follows), a title or an initial."""
+    if word.lower() in _CLINGERS or any(c.isdigit() for c in word):
+        return True
+    bare = word.lower()[:-1]
+    return word.endswith(".") and (
+        bare in _LEADING_ABBREVIATIONS or (len(bare) == 1 and bare.isalpha())
+    )
+
+
+def _breakable(prev: str, nxt: str) -> bool:
+    """Whether a segment may end on word ``prev`` when ``nxt`` follows it."""
+    if _clings(prev) or _is_weekday(prev):  # "Tue.," | "Mar. 3rd": one date
+        return False
+    # "Main" | "St.": the type belongs to the name before it.
+    return not (prev[:1].isupper() and nxt.lower().rstrip(".,") in _STREET_TYPES)
 
 
 def _word_break_before(head: str) -> int | None:
     """Last space in ``head`` whose preceding word does not lean on the following one."""
     for m in reversed(list(re.finditer(r" ", head))):
-        if m.start() > 0 and not _clings(head[: m.start()].rsplit(" ", 1)[-1]):
+        nxt = head[m.end() :].split(" ", 1)[0]
+        if m.start() > 0 and _breakable(head[: m.start()].rsplit(" ", 1)[-1], nxt):
             return m.start()
     return None
 
@@ -343,10 +370,42 @@ def _is_boundary_at(buf: str, i: int, *, final: bool) -> int | None:
     if j < len(buf):
         return j if buf[j] in " \n" else None
     # The buffer ends right here: more text may follow.  A mark after a digit may be
-    # inside a number ("3.50", "1,000", "3:30"), so it waits; any other is taken at once.
+    # inside a number ("3.50", "1,000", "3:30"), and a dot inside an unfinished e-mail
+    # address or URL ("j.doe@acme." + "com"), so these wait; any other is taken at once.
     if final or buf[i] in _SENTENCE_END:
         return j
-    return None if i > 0 and buf[i - 1].isdigit() else j
+    if i > 0 and buf[i - 1].isdigit():
+        return None
+    return None if buf[i] == "." and _in_address(buf, i) else j
+
+
+def _in_address(buf: str, dot: int) -> bool:
+    """Whether ``buf[dot]`` ends an e-mail address or URL whose domain has no dot yet
+    ("j.doe@acme.", "www."), so the dot must be inside it.  A complete one may end the
+    sentence ("... at j.doe@acme.com."), which is then spoken at once."""
+    word = buf[:dot].rsplit(None, 1)[-1].lower() if buf[:dot].strip() else ""
+    if word == "www":
+        return True
+    for marker in ("@", "www.", "://"):
+        if marker in word:
+            return "." not in word.split(marker, 1)[1]
+    return False
+
+
+def _inside_phrase(buf: str, i: int) -> bool:
+    """Whether the mark at ``buf[i]`` is inside a phrase rather than at its end: the dot
+    of an abbreviation, or a comma after a weekday ("Tue., Mar. 3rd")."""
+    if buf[i] == ".":
+        return _ends_abbreviation(buf, i)
+    if buf[i] != ",":
+        return False
+    return bool(buf[:i].strip()) and _is_weekday(buf[:i].rsplit(None, 1)[-1])
+
+
+def _is_weekday(word: str) -> bool:
+    """Whether ``word`` names a weekday ("Tue.", "Tuesday,"); lower case is another word."""
+    word = word.rstrip(".,")
+    return word[:1].isupper() and word.lower() in _WEEKDAYS
 
 
 def _ends_abbreviation(buf: str, dot: int) -> bool:
@@ -372,7 +431,7 @@ def _first_boundary(buf: str, *, clauses: bool, final: bool, limit: int) -> int 
             continue
         if ch not in marks:
             continue
-        if ch == "." and _ends_abbreviation(buf, i):
+        if _inside_phrase(buf, i):
             continue
         if ch in _CLAUSE_MARKS and not buf[:i].strip():
             continue
@@ -384,7 +443,7 @@ def _first_boundary(buf: str, *, clauses: bool, final: bool, limit: int) -> int 
 
 def _last_boundary(head: str, marks: str) -> int | None:
     for i in range(len(head) - 1, 0, -1):
-        if head[i] in marks:
+        if head[i] in marks and not _inside_phrase(head, i):
             cut = _is_boundary_at(head, i, final=False)
             if cut is not None and cut <= len(head):
                 return cut
@@ -404,8 +463,11 @@ def _word_cut(buf: str, max_words: int, *, final: bool) -> int | None:
         word = buf[complete[k][0] : complete[k][1]].lower().strip(",.;:")
         if word in _BREATH_WORDS:
             return complete[k][0]
-    for k in range(max_words, floor - 1, -1):
-        if not _clings(buf[complete[k - 1][0] : complete[k - 1][1]]):
+    # Then any break whose preceding word does not lean on the next one, in the window
+    # or, failing that, earlier: a shorter opener beats stranding "Dr." from "Smith".
+    for k in [*range(max_words, floor - 1, -1), *range(floor - 1, 0, -1)]:
+        prev, nxt = (buf[complete[i][0] : complete[i][1]] for i in (k - 1, k))
+        if _breakable(prev, nxt):
             return complete[k][0]
     return complete[max_words][0]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -175,3 +177,60 @@ def test_take_cuts_at_the_load_it_is_given() -> None:
         sizes[load] = out
     assert sizes[2][0] <= sizes[1][0]  # a shorter opener when other calls wait too
     assert max(sizes[2][1:3]) < max(sizes[1][1:3])  # slower growth when calls share the cores
+
+
+# Phone content that kokoro_service.phonetext rewrites after the cut: a cut inside one
+# strands a title from its name ("Dr." | "Smith" -> "Doctor." "Smith") or an address's
+# dot from its domain.
+PHONE_PHRASES = [
+    "1234 W. Main St. Springfield",
+    "Dr. Smith",
+    "St. Louis",
+    "Tue., Mar. 3rd",
+    "acmedental.com",
+    "$12.50",
+    "3:30 p.m.",
+    "j.doe@acme.com",
+    "www.acme.com/book",
+]
+FILLER = "okay so we have booked your visit right here with us".split()
+
+
+def llm_tokens(text: str) -> list[str]:
+    """Pieces as an LLM streams them: " word", and a dot glued to what follows (".com")."""
+    return re.findall(r" ?[^\s.@]+|[.@][^\s.@]*| ", text)
+
+
+@pytest.mark.parametrize("phrase", PHONE_PHRASES)
+@pytest.mark.parametrize("growth", [2.0, 0])
+def test_phone_content_is_not_cut_inside(phrase: str, growth: float) -> None:
+    # At every place in and past the first segment's word window.
+    for k in range(len(FILLER) + 1):
+        text = " ".join([*FILLER[:k], phrase, "today."])
+        for pieces in ([text], llm_tokens(text)):
+            seg = Segmenter(SegmenterConfig(growth=growth))
+            out = [s for p in pieces for s in seg.push(p)] + seg.flush()
+            assert any(phrase in s for s in out), out
+
+
+def test_unfinished_address_waits_for_the_rest_of_its_domain() -> None:
+    seg = Segmenter(SegmenterConfig(growth=0))
+    assert seg.push("Write to j.doe@acme.") == []  # ".com" may follow
+    assert seg.push("com today.") == ["Write to j.doe@acme.com today."]
+    for piece in ("Go to www.", "acme."):
+        assert seg.push(piece) == []
+    assert seg.push("com/book now.") == ["Go to www.acme.com/book now."]
+
+
+def test_turn_ending_in_a_complete_address_is_released_at_once() -> None:
+    seg = Segmenter(SegmenterConfig(growth=0))
+    assert seg.push("Write to j.doe@acme.com.") == ["Write to j.doe@acme.com."]
+    assert seg.push("Or see acme.com.") == ["Or see acme.com."]
+
+
+def test_comma_after_a_weekday_is_inside_the_date() -> None:
+    assert segments("See you Tue., Mar. 3rd at noon. Bye!") == [
+        "See you Tue., Mar. 3rd at noon.",
+        "Bye!",
+    ]
+    assert segments("I sat, then left.", SegmenterConfig(growth=0)) == ["I sat,", "then left."]
