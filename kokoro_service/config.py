@@ -111,6 +111,14 @@ class Settings:
     host: str = knob("127.0.0.1", "Address to bind (TCP and UDP); beyond loopback is warned.")
     tcp_port: int = knob(8090, "TCP port for text connections (0: any free port).", lo=0, hi=65535)
     udp_port: int = knob(13001, "UDP port for REGISTER/BYE datagrams.", lo=0, hi=65535)
+    wyoming_port: int | None = knob(
+        None,
+        "TCP port of the Wyoming text-to-speech server, for Home Assistant and other "
+        "Wyoming clients (0: any free port).",
+        lo=0,
+        hi=65535,
+        shown="off",
+    )
     sink_host: str = knob(
         "127.0.0.1", "Host of the audio processors (never taken from a datagram)."
     )
@@ -126,6 +134,15 @@ class Settings:
     lang: str = knob("a", "Default Kokoro language code.")
     speed: float = knob(
         1.0, "Default speaking rate.", lo=CONTROL_SPEED_RANGE[0], hi=CONTROL_SPEED_RANGE[1]
+    )
+    phone_text: bool = knob(
+        True,
+        "English: say phone numbers, codes, addresses, e-mail, URLs, dates, times and money "
+        "as a person reads them out, before G2P.",
+    )
+    lexicon: Path | None = knob(
+        None,
+        "English: a file of 'word phonemes' lines, for names G2P says wrong (docs/behaviour.md).",
     )
     device: str = knob(
         "auto", "auto, cpu, cuda, cuda:N or mps. A named device that is missing fails start-up."

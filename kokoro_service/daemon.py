@@ -13,10 +13,12 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 
+from . import phonetext
 from .config import Settings
 from .engine import Engine, PrecisionCheck, WarmUp, bf16_unavailable, probe_devices, select_device
 from .errors import KokoroServiceError, StartupError, VoiceError
@@ -77,6 +79,7 @@ def load_engine(settings: Settings, device: str | None = None) -> Loaded:
         engine = Engine(source, device=device, default_lang=settings.lang, torch_threads=threads)
     except VoiceError as exc:  # the default language cannot be loaded
         raise StartupError(str(exc)) from exc
+    engine.rewrite = text_rewrite(settings, set(getattr(engine.model, "vocab", {})))
     voice = choose_voice(engine.voices, settings.voice, engine.source.description)
     check = choose_precision(engine, settings, voice)
     max_batch = settings.batch_limit(engine.device)
@@ -95,6 +98,33 @@ def load_engine(settings: Settings, device: str | None = None) -> Loaded:
         )
     log.info("torch intra-op threads per worker: %s", threads or "torch default")
     return loaded
+
+
+ENGLISH = ("a", "b")  # the languages whose text --phone-text and --lexicon rewrite
+
+
+def text_rewrite(settings: Settings, vocab: set[str]) -> Callable[[str, str], str] | None:
+    """What English G2P reads: phone content in words (``--phone-text``), then the names
+    of ``--lexicon`` in misaki's own ``[word](/phonemes/)`` markup.  None when neither is
+    on.  A bad lexicon file is a :class:`ConfigError`, so it fails start-up."""
+    lexicon = (
+        phonetext.Lexicon.load(settings.lexicon, vocab) if settings.lexicon is not None else None
+    )
+    if lexicon is not None:
+        log.info("lexicon %s: %d word(s)", settings.lexicon, len(lexicon))
+    if not settings.phone_text and lexicon is None:
+        return None
+    if settings.phone_text:
+        phonetext.warm_up()  # its word lists, so the first e-mail address does not pay
+
+    def rewrite(text: str, lang: str) -> str:
+        if lang not in ENGLISH:
+            return text
+        if settings.phone_text:
+            text = phonetext.normalize(text)
+        return lexicon.apply(text) if lexicon is not None else text
+
+    return rewrite
 
 
 def choose_precision(engine: Engine, settings: Settings, voice: str) -> PrecisionCheck | None:
@@ -198,6 +228,11 @@ def _ready_info(settings: Settings, server: Server, loaded: Loaded) -> dict[str,
         "model_source": loaded.engine.source.kind,
         "workers": settings.workers,
         "max_batch": server.max_batch,
+        "wyoming": (
+            None
+            if server.wyoming is None
+            else dict(zip(("host", "port"), server.wyoming.address, strict=True))
+        ),
         "torch_threads": loaded.engine.torch_threads,
         "precision": loaded.engine.precision,
         "precision_check": (

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .calls import Calls
 from .config import TICK, Settings
@@ -25,6 +26,9 @@ from .ratelimit import RateLimitedLog
 from .routing import Registry
 from .scheduler import Scheduler
 from .workers import BatchCounts, Worker
+
+if TYPE_CHECKING:
+    from .wyoming_server import WyomingServer
 
 log = logging.getLogger("kokoro_service.server")
 
@@ -69,6 +73,7 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._tcp: socket.socket | None = None
         self._udp: socket.socket | None = None
+        self.wyoming: WyomingServer | None = None
         self._thread_error: BaseException | None = None
         # Separate budgets: a flood of strangers' garbage must not silence the lines an
         # operator needs (connections refused for capacity, registrations).
@@ -134,6 +139,16 @@ class Server:
             why = self._thread_error or f"{len(late)} thread(s) not running after {START_TIMEOUT}s"
             self.stop(drain_timeout=0.0)
             raise StartupError(f"a server thread failed to start: {why}") from self._thread_error
+        if s.wyoming_port is not None:
+            from .wyoming_server import WyomingServer
+
+            self.wyoming = WyomingServer(self, s.wyoming_port)
+            try:
+                self.wyoming.start()
+            except StartupError:
+                self.wyoming = None
+                self.stop(drain_timeout=0.0)
+                raise
         log.info(
             "listening tcp=%s:%d udp=%s:%d workers=%d max_batch=%d voice=%s lang=%s",
             *self.tcp_address,
@@ -193,6 +208,8 @@ class Server:
             for t in self._threads:
                 t.join(max(1.0, deadline - time.monotonic()))
             self.calls.join_routes(deadline)
+            if self.wyoming is not None:  # its calls drained with the others
+                self.wyoming.stop()
             self._stopped.set()
             log.info("stopped drained=%s", not left)
             return not left
@@ -218,31 +235,42 @@ class Server:
                 )
                 close_quietly(conn)
                 continue
-            with self._readers_lock:
-                self._readers = {t for t in self._readers if t.is_alive()}
-                full = len(self._readers) >= self.settings.max_connections
-            if full:
-                self._ops.warning(
-                    "maxconn",
-                    "connection refused peer=%s: max_connections=%d reached",
-                    peer,
-                    self.settings.max_connections,
-                )
-                close_quietly(conn)
-                continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handler = TextConnection(
-                conn,
-                peer,
-                settings=self.settings,
-                calls=self.calls,
-                stopping=self._stopping,
-                stopped=self._stopped,
-            )
-            t = threading.Thread(target=handler.serve, name=f"conn:{peer}", daemon=True)
-            with self._readers_lock:
+            self.serve_connection(conn, peer)
+
+    def serve_connection(self, conn: socket.socket, peer: str) -> bool:
+        """Serve the wire protocol on ``conn`` in a reader thread of its own.
+
+        The accept loop's connections come here, and so do in-process adapters (the
+        Wyoming server's, over a socket pair), so that every call shares the same
+        scheduler, limits and shutdown.  Returns False, with ``conn`` closed, when
+        ``--max-connections`` are already served or the server is stopping.
+        """
+        with self._readers_lock:
+            self._readers = {t for t in self._readers if t.is_alive()}
+            full = len(self._readers) >= self.settings.max_connections
+            if not full and not self._stopping.is_set():
+                handler = TextConnection(
+                    conn,
+                    peer,
+                    settings=self.settings,
+                    calls=self.calls,
+                    stopping=self._stopping,
+                    stopped=self._stopped,
+                )
+                t = threading.Thread(target=handler.serve, name=f"conn:{peer}", daemon=True)
                 self._readers.add(t)
-            t.start()
+                t.start()
+                return True
+        if full:
+            self._ops.warning(
+                "maxconn",
+                "connection refused peer=%s: max_connections=%d reached",
+                peer,
+                self.settings.max_connections,
+            )
+        close_quietly(conn)
+        return False
 
     # ------------------------------------------------------------------ UDP
 

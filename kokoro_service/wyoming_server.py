@@ -1,0 +1,401 @@
+"""Wyoming text-to-speech server (``--wyoming-port``), on the ``wyoming`` package's events.
+
+Each Wyoming request is an adapter onto the daemon's own wire protocol: it becomes a call
+that the same :class:`~kokoro_service.server.Server` serves (reader, scheduler, workers,
+writers) over an in-process socket pair, in the s16le format of ``PROTOCOL.md`` 5.1.  A
+Home Assistant announcement and a phone call are therefore scheduled fairly against each
+other, and share every limit, the drain on shutdown and the logs.
+
+Events: ``describe`` -> ``info``; ``synthesize`` -> ``audio-start``, ``audio-chunk``...,
+``audio-stop``; streaming ``synthesize-start``, ``synthesize-chunk``...,
+``synthesize-stop`` -> the same audio events, then ``synthesize-stopped``.  A streaming
+client also sends the whole text as a ``synthesize`` event for older servers, before
+``synthesize-stop`` (Home Assistant does); it is being spoken from the chunks, so it is
+ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.server import AsyncEventHandler
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+    SynthesizeVoice,
+)
+
+from . import __version__
+from .errors import ProtocolError, StartupError, VoiceError
+from .protocol import (
+    SAMPLE_RATE,
+    Audio,
+    AudioStreamDecoder,
+    Control,
+    End,
+    encode_bye,
+    encode_control,
+    encode_hello,
+    encode_text,
+)
+
+if TYPE_CHECKING:  # the server starts this one
+    from .server import Server
+
+log = logging.getLogger("kokoro_service.wyoming")
+
+_WIDTH = 2  # s16le: what every Wyoming client plays
+_LINE_LIMIT = 64 * 1024  # an event's JSON header line
+_START_TIMEOUT = 10.0
+# Kokoro's voice prefixes and the languages Wyoming clients choose voices by.
+_VOICE_LANGUAGES = {
+    "a": "en-us",
+    "b": "en-gb",
+    "e": "es",
+    "f": "fr-fr",
+    "h": "hi",
+    "i": "it",
+    "j": "ja",
+    "p": "pt-br",
+    "z": "zh",
+}
+_LANG_CODES = {"en": "a", "en-us": "a", "en-gb": "b"} | {v: k for k, v in _VOICE_LANGUAGES.items()}
+_ATTRIBUTION = Attribution(name="hexgrad", url="https://huggingface.co/hexgrad/Kokoro-82M")
+_call_ids = itertools.count(1)
+
+
+class WyomingInputError(Exception):
+    """A Wyoming event this server will not read (too large, or not an event at all)."""
+
+
+def wyoming_info(voices: list[str]) -> Info:
+    """The ``info`` answer: one TTS program with the engine's voices, streaming included."""
+    tts_voices = [
+        TtsVoice(
+            name=name,
+            description=f"Kokoro-82M voice {name}",
+            attribution=_ATTRIBUTION,
+            installed=True,
+            version=None,
+            languages=[_VOICE_LANGUAGES.get(name[:1], "en-us")],
+        )
+        for name in voices
+    ]
+    program = TtsProgram(
+        name="kokoro-service",
+        description="Kokoro-82M streaming text to speech",
+        attribution=_ATTRIBUTION,
+        installed=True,
+        version=__version__,
+        voices=tts_voices,
+        supports_synthesize_streaming=True,
+    )
+    return Info(tts=[program])
+
+
+async def read_event(reader: asyncio.StreamReader, max_data: int) -> Event | None:
+    """The next event, or None at end of stream; its lengths are checked before its data
+    is read, so a peer cannot make this server buffer more than ``max_data`` bytes."""
+    try:
+        line = await reader.readline()
+    except ValueError:  # asyncio's line limit
+        raise WyomingInputError(f"event header longer than {_LINE_LIMIT} bytes") from None
+    if not line:
+        return None
+    try:
+        header = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WyomingInputError(f"event header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise WyomingInputError("event header has no type")
+    data = header.get("data") or {}
+    lengths = [header.get("data_length") or 0, header.get("payload_length") or 0]
+    if not all(isinstance(n, int) and 0 <= n <= max_data for n in lengths) or not isinstance(
+        data, dict
+    ):
+        raise WyomingInputError(f"event {header['type']!r} has bad lengths {lengths}")
+    try:
+        if lengths[0]:
+            more = json.loads(await reader.readexactly(lengths[0]))
+            if not isinstance(more, dict):
+                raise WyomingInputError("event data is not a JSON object")
+            data.update(more)
+        payload = await reader.readexactly(lengths[1]) if lengths[1] else None
+    except asyncio.IncompleteReadError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WyomingInputError(f"event data is not JSON ({exc})") from None
+    return Event(type=header["type"], data=data, payload=payload)
+
+
+class _Request:
+    """One synthesis in flight: the call's socket to the daemon and the audio relay."""
+
+    def __init__(
+        self, writer: asyncio.StreamWriter, relay: asyncio.Task[None], max_text: int
+    ) -> None:
+        self.writer = writer
+        self.relay = relay
+        self.max_text = max_text
+
+    def text(self, text: str) -> None:
+        # A Wyoming text may be longer than one TEXT frame: pieces of max_text / 4
+        # characters always fit (UTF-8 takes at most 4 bytes a character), and the
+        # segmenter joins them again.
+        fits = len(text.encode("utf-8")) <= self.max_text
+        step = len(text) if fits else max(1, self.max_text // 4)
+        for i in range(0, len(text), max(1, step)):
+            self.writer.write(encode_text(text[i : i + step], self.max_text))
+
+    async def finish(self) -> None:
+        """BYE, then wait for the call's audio to be relayed, END included."""
+        self.writer.write(encode_bye())
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+        await self.relay
+
+    def abort(self) -> None:
+        self.relay.cancel()
+        self.writer.close()
+
+
+class WyomingHandler(AsyncEventHandler):
+    """One Wyoming connection.
+
+    Responsibilities: answer ``describe``; turn each synthesis into a call on the daemon
+    (HELLO, CONTROL with the voice and the s16le format, TEXT, BYE); relay the call's
+    AUDIO frames as ``audio-chunk`` events between ``audio-start`` and ``audio-stop``;
+    report an unknown voice or a full server as a Wyoming ``error``; read only bounded
+    events.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        server: Server,
+        info: Info,
+        peer: str,
+    ) -> None:
+        super().__init__(reader, writer)
+        self.server = server
+        self.info = info
+        self.peer = peer
+        self._streaming: _Request | None = None
+
+    async def run(self) -> None:
+        """Like the package's loop, with :func:`read_event`'s bounds."""
+        limit = self.server.settings.max_text_bytes + _LINE_LIMIT
+        try:
+            while True:
+                event = await read_event(self.reader, limit)
+                if event is None or not await self.handle_event(event):
+                    break
+        except WyomingInputError as exc:
+            log.warning("wyoming bad input peer=%s: %s; closing", self.peer, exc)
+        except ConnectionError as exc:
+            log.info("wyoming connection lost peer=%s: %s", self.peer, exc)
+        finally:
+            await self.disconnect()
+            self.writer.close()
+
+    async def disconnect(self) -> None:
+        if self._streaming is not None:
+            self._streaming.abort()
+            self._streaming = None
+
+    async def handle_event(self, event: Event) -> bool:
+        if Describe.is_type(event.type):
+            await self.write_event(self.info.event())
+        elif Synthesize.is_type(event.type):
+            if self._streaming is not None:
+                return True  # a streaming client's copy of the text it is streaming
+            synth = Synthesize.from_event(event)
+            request = await self._open(synth.voice)
+            if request is not None:
+                request.text(synth.text)
+                await request.finish()
+        elif SynthesizeStart.is_type(event.type):
+            if self._streaming is not None:  # a new stream before the last one stopped
+                await self._streaming.finish()
+            self._streaming = await self._open(SynthesizeStart.from_event(event).voice)
+        elif SynthesizeChunk.is_type(event.type):
+            if self._streaming is not None:
+                self._streaming.text(SynthesizeChunk.from_event(event).text)
+        elif SynthesizeStop.is_type(event.type):
+            request, self._streaming = self._streaming, None
+            if request is not None:
+                await request.finish()
+            await self.write_event(SynthesizeStopped().event())
+        else:
+            log.debug("wyoming event ignored peer=%s type=%s", self.peer, event.type)
+        return True
+
+    async def _open(self, voice: SynthesizeVoice | None) -> _Request | None:
+        """A call on the daemon for one synthesis, or None after an ``error`` event."""
+        control = Control(format="s16le")
+        if voice is not None and voice.name:
+            try:
+                self.server.engine.voices.check(voice.name)
+            except VoiceError as exc:
+                log.warning("wyoming voice refused peer=%s: %s", self.peer, exc)
+                await self.write_event(Error(text=str(exc), code="unknown-voice").event())
+                return None
+            control = Control(format="s16le", voice=voice.name)
+        if voice is not None and voice.language:
+            lang = _LANG_CODES.get(voice.language.strip().lower().replace("_", "-"))
+            if lang is not None:
+                control = Control(format=control.format, voice=control.voice, lang=lang)
+        ours, theirs = socket.socketpair()
+        call_id = f"wyoming-{next(_call_ids)}"
+        if not self.server.serve_connection(ours, f"wyoming:{self.peer}"):
+            theirs.close()
+            await self.write_event(Error(text="server busy", code="busy").event())
+            return None
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        writer.write(encode_hello(call_id) + encode_control(control))
+        await self.write_event(AudioStart(rate=SAMPLE_RATE, width=_WIDTH, channels=1).event())
+        relay = asyncio.create_task(self._relay(call_id, reader, writer))
+        return _Request(writer, relay, self.server.settings.max_text_bytes)
+
+    async def _relay(
+        self, call_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The call's AUDIO frames as ``audio-chunk`` events until END, then ``audio-stop``."""
+        decoder = AudioStreamDecoder(width=_WIDTH)
+        ended = False
+        try:
+            while not ended:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                for frame in decoder.feed(data):
+                    if isinstance(frame, Audio):
+                        chunk = AudioChunk(
+                            rate=frame.sample_rate, width=_WIDTH, channels=1, audio=frame.samples
+                        )
+                        await self.write_event(chunk.event())
+                    elif isinstance(frame, End):
+                        ended = True
+        except (ConnectionError, ProtocolError) as exc:
+            log.warning("wyoming relay failed call=%s peer=%s: %s", call_id, self.peer, exc)
+        finally:
+            writer.close()
+        if not ended:
+            log.warning(
+                "wyoming call=%s peer=%s: the daemon closed without END", call_id, self.peer
+            )
+        with contextlib.suppress(ConnectionError):
+            await self.write_event(AudioStop().event())
+
+
+class WyomingServer:
+    """Serves Wyoming on its own port, from an asyncio loop in a thread of its own.
+
+    ``start()`` binds, starts the thread and returns once it serves, or raises
+    :class:`StartupError` with the thread's error.  ``stop()`` is thread-safe and
+    idempotent: it stops accepting, cancels what is left (run it after the daemon's
+    drain, which has already finished every call) and joins the thread.
+    """
+
+    def __init__(self, server: Server, port: int) -> None:
+        self.server = server
+        self.port = port
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._sock is None:
+            raise RuntimeError("Wyoming server not started")
+        addr = self._sock.getsockname()
+        return str(addr[0]), int(addr[1])
+
+    def start(self) -> None:
+        host = self.server.settings.host
+        try:
+            self._sock = socket.create_server(
+                (host, self.port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"cannot bind {host} wyoming:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        self._thread = threading.Thread(target=self._run, name="wyoming", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_START_TIMEOUT) or self._error is not None:
+            self.stop()
+            raise StartupError(f"the Wyoming server failed to start: {self._error}")
+        log.info("wyoming listening tcp=%s:%d", *self.address)
+
+    def stop(self) -> None:
+        with self._lock:
+            loop, stop = self._loop, self._stop
+            if loop is not None and stop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop already ended
+                    loop.call_soon_threadsafe(stop.set)
+            if self._thread is not None:
+                self._thread.join(_START_TIMEOUT)
+                self._thread = None
+            if self._sock is not None:
+                self._sock.close()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:
+            self._error = exc
+            log.exception("the Wyoming server died")
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        assert self._sock is not None  # noqa: S101 - start() binds first
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        info = wyoming_info(self.server.engine.voices.names)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            address = writer.get_extra_info("peername") or ("?", 0)
+            peer = f"{address[0]}:{address[1]}"
+            if not self.server.settings.peer_allowed(str(address[0])):
+                log.warning("wyoming connection refused peer=%s: not in --allow", peer)
+                writer.close()
+                return
+            if task is not None:
+                tasks.add(task)
+            try:
+                await WyomingHandler(reader, writer, server=self.server, info=info, peer=peer).run()
+            finally:
+                if task is not None:
+                    tasks.discard(task)
+
+        listener = await asyncio.start_server(connected, sock=self._sock, limit=_LINE_LIMIT)
+        self._ready.set()
+        async with listener:
+            await self._stop.wait()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
