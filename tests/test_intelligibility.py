@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import math
+import re
+import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +18,21 @@ from kokoro_service.models import embedded
 from kokoro_service.protocol import SAMPLE_RATE
 from kokoro_service.server import Server
 
-from .asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
+from .asr import (
+    TELEPHONY_SENTENCES,
+    corpus_word_error_rate,
+    transcribe,
+    transcribe_words,
+    whisper_word_error_rate,
+)
 from .conftest import TEST_TIMEOUT
+from .phone_corpus import PHONE_CORPUS
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cache = tmp_path_factory.getbasetemp() / "embedded-model-cache"
     # The daemon's own loader: no model dir, no hub cache, so the embedded import.
     settings = Settings(tcp_port=0, udp_port=0, cache_dir=cache, workers=2, device="cpu")
@@ -31,7 +43,8 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     engine, voice = loaded.engine, loaded.voice
     server = Server(settings, engine, voice=voice)
     server.start()
-    return server
+    yield server
+    server.stop(drain_timeout=5)
 
 
 def test_daemon_speech_is_intelligible(real_server: Server) -> None:
@@ -52,7 +65,81 @@ def test_daemon_speech_is_intelligible(real_server: Server) -> None:
     wer = corpus_word_error_rate(pairs)
     print(f"daemon corpus WER over {len(pairs)} sentences: {wer:.1%}")
     assert wer <= 0.05
-    real_server.stop(drain_timeout=5)
+
+
+# Plain words, so that the two aligners see the same tokens.
+TIMED_REPLY = [
+    "Thanks for calling Acme Dental.",
+    "Your appointment is confirmed for Tuesday morning.",
+    "Please arrive ten minutes early and bring your insurance card.",
+    "Is there anything else I can help you with today?",
+]
+
+
+def test_word_times_agree_with_an_independent_asr(real_server: Server) -> None:
+    reply = speak(
+        *real_server.tcp_address, "300", TIMED_REPLY, words=True, timeout=TEST_TIMEOUT * 3
+    )
+    assert reply.ended and set(reply.words) == set(reply.chunk_ids)
+    ours = reply.words_heard(math.inf)
+    heard = transcribe_words(reply.audio(), SAMPLE_RATE)
+
+    def key(word: str) -> str:
+        return re.sub(r"[^a-z0-9']", "", word.lower())
+
+    matcher = difflib.SequenceMatcher(
+        a=[key(w.word) for w in ours], b=[key(h[0]) for h in heard], autojunk=False
+    )
+    pairs = [
+        (ours[block.a + k], heard[block.b + k])
+        for block in matcher.get_matching_blocks()
+        for k in range(block.size)
+    ]
+    assert len(pairs) >= 0.9 * len(ours), "the ASR heard other words"
+    errors = [abs(w.start - h[1]) for w, h in pairs] + [abs(w.end - h[2]) for w, h in pairs]
+    median = statistics.median(errors)
+    print(
+        f"word boundaries against Whisper: {len(pairs)} words, median error {median * 1e3:.0f} ms"
+    )
+    assert median <= 0.080
+
+    # Barge-in half way through: as many words count as heard from the WORDS frames as
+    # the ASR heard end by then, give or take the word being spoken.
+    played = reply.seconds / 2
+    counted = reply.words_heard(played)
+    asr_heard = [h for h in heard if h[2] <= played]
+    print(f"at {played:.2f}s: {len(counted)} words counted heard, the ASR heard {len(asr_heard)}")
+    assert abs(len(counted) - len(asr_heard)) <= 1
+
+
+def test_phone_text_is_said_as_a_person_says_it(real_server: Server) -> None:
+    """The corpus through the daemon with --phone-text (its default) and without: WER
+    against the spoken forms, scored with Whisper's English normaliser."""
+    engine = real_server.engine
+    rewrite = engine.rewrite
+    assert rewrite is not None  # the daemon's default
+
+    def corpus_wer(call_base: int) -> float:
+        pairs = []
+        for i, (written, spoken) in enumerate(PHONE_CORPUS):
+            reply = speak(
+                *real_server.tcp_address, str(call_base + i), [written], timeout=TEST_TIMEOUT * 3
+            )
+            assert reply.ended
+            heard = transcribe(reply.audio(), SAMPLE_RATE)
+            print(f"   said: {written}\n  heard: {heard}")
+            pairs.append((spoken, heard))
+        return whisper_word_error_rate(pairs)
+
+    after = corpus_wer(400)
+    engine.rewrite = None  # what --no-phone-text loads
+    try:
+        before = corpus_wer(500)
+    finally:
+        engine.rewrite = rewrite
+    print(f"phone corpus WER: {before:.1%} without --phone-text, {after:.1%} with it")
+    assert after <= 0.15
+    assert after <= 0.6 * before
 
 
 def test_cache_dir_layout(tmp_path_factory: pytest.TempPathFactory) -> None:

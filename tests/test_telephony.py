@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +26,10 @@ from wyoming.tts import (
 )
 
 from kokoro_service.client import Connection
+from kokoro_service.config import Settings
+from kokoro_service.daemon import text_rewrite
 from kokoro_service.engine import Engine, Request
+from kokoro_service.errors import ConfigError, StartupError
 from kokoro_service.protocol import (
     Audio,
     AudioStreamDecoder,
@@ -292,6 +297,13 @@ def _phone_call(server: Server) -> list[int]:
         return conn.read_until_end(TEST_TIMEOUT).chunk_ids
 
 
+def test_a_busy_wyoming_port_fails_start_up(
+    daemon: DaemonFactory,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken, pytest.raises(StartupError):
+        daemon(wyoming_port=taken.getsockname()[1])
+
+
 def test_wyoming_bad_input_is_refused_without_reading_it(
     daemon: DaemonFactory, logs: LogCapture
 ) -> None:
@@ -312,3 +324,39 @@ def test_wyoming_bad_input_is_refused_without_reading_it(
         conn.bye()
         assert conn.read_until_end(TEST_TIMEOUT).ended
     assert np.isfinite(server.calls.opened)
+
+
+# --------------------------------------------------------------------------- phone text
+
+
+def test_phone_text_and_the_lexicon_reach_g2p_through_the_daemon(
+    daemon: DaemonFactory, engine: Engine, tmp_path: Path
+) -> None:
+    # The words a caller hears are the words G2P read: the WORDS frames show them.
+    lexicon = tmp_path / "names.txt"
+    lexicon.write_text("# name  phonemes\nNguyen  wˈɪn\n", encoding="utf-8")
+    settings = Settings(lexicon=lexicon)
+    rewrite = text_rewrite(settings, set(engine.model.vocab))
+    assert rewrite is not None
+    server = daemon()
+    engine.rewrite = rewrite
+    try:
+        with Connection(*server.tcp_address) as conn:
+            conn.hello("57")
+            conn.control(words=True)
+            conn.text("Dr. Nguyen is at 555-0199.")
+            conn.bye()
+            reply = conn.read_until_end(TEST_TIMEOUT)
+        spoken = [w.word for w in reply.words_heard(math.inf)]
+        assert spoken == "Doctor Nguyen is at five five five zero one nine nine".split()
+        assert "wˈɪn" in engine.phonemize("Nguyen", "a")[0].phonemes
+    finally:
+        engine.rewrite = None
+
+
+def test_a_bad_lexicon_fails_start_up_with_its_line(engine: Engine, tmp_path: Path) -> None:
+    lexicon = tmp_path / "names.txt"
+    lexicon.write_text("Nguyen wˈɪn\nPatel\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 2"):
+        text_rewrite(Settings(lexicon=lexicon), set(engine.model.vocab))
+    assert text_rewrite(Settings(phone_text=False), set()) is None
