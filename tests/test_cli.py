@@ -225,7 +225,7 @@ class Daemon:
 
 @pytest.fixture
 def process(tiny_dir: Path) -> Iterator[Daemon]:
-    d = Daemon(["--model-dir", str(tiny_dir)])
+    d = Daemon(["--model-dir", str(tiny_dir), "--wyoming-port", "0"])
     yield d
     if d.proc.poll() is None:
         d.proc.kill()
@@ -252,6 +252,14 @@ def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) 
     assert "END received" in proc.stdout
     audio, rate = sf.read(out, dtype="float32")
     assert rate == 24000 and len(audio) > 0
+    # The opt-in format and WORDS frames, as an operator tries them.
+    opt_in = ["--format", "mulaw", "--rate", "8000", "--words", "Hello there.", "-o", str(out)]
+    proc = _run([str(BIN), "send", "--tcp-port", str(process.port), "--call-id", "43", *opt_in])
+    assert proc.returncode == 0, proc.stderr
+    assert "of mulaw@8000 audio" in proc.stdout and "END received" in proc.stdout
+    assert re.search(r"chunk 1 words: Hello@\d+\.\d\d-\d+\.\d\d there@", proc.stdout)
+    audio, rate = sf.read(out, dtype="float32")
+    assert rate == 8000 and len(audio) > 0
     assert re.search(
         r"warm-up took \S+s; synthesis at RTF \d+\.\d{3} per worker, so 1 worker\(s\) keep "
         r"about \d+\.\d calls speaking at once in real time",
@@ -263,6 +271,7 @@ def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) 
     assert ready["pid"] == process.proc.pid and ready["device"] == "cpu"
     assert ready["model_source"] == "model-dir" and ready["voice"] == "af_sky"
     assert ready["rtf"] > 0 and ready["calls_in_real_time"] > 0
+    assert ready["wyoming"]["port"] > 0  # --wyoming-port 0: a free port, as reported
     assert process.stop() == 0
     assert "stopped drained=True" in process.log()
     assert not process.ready_file.exists(), "a stopped daemon withdraws its ready file"
