@@ -359,6 +359,8 @@ class Calls:
             if call.encoder is not None:
                 encoded = call.encoder.encode(audio)
                 payload, lag = encoded.payload, encoded.lag
+            if not payload.size:  # an empty AUDIO frame would read as END
+                return None
             body = None
             if call.words:
                 body = words_body([Word(w.word, w.start + lag, w.end + lag) for w in words])
@@ -491,6 +493,8 @@ class Calls:
             self._ending.append(call)
             self.ended += 1
         self.scheduler.remove(call.work)
+        with call.lock:  # a worker's flush at the drain may not have run yet
+            self._flush_format(call)
         call.route.end()
         log.info(
             "call ended call=%s peer=%s chunks=%d reason=%s",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from .errors import ProtocolError
 from .formats import SEED_FORMAT, AudioFormat, decode_samples
 from .protocol import (
     Audio,
@@ -83,6 +84,7 @@ class Connection:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = AudioStreamDecoder()
         self.reply = Reply()
+        self._text_sent = False
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -92,10 +94,14 @@ class Connection:
 
     def text(self, text: str) -> None:
         self.send_raw(encode_text(text, max_text_bytes=0x7FFF_FFFF))
+        self._text_sent = True
 
     def control(self, **kw: object) -> None:
-        """Send CONTROL; a ``format`` or ``rate`` also sets how the reply is decoded."""
+        """Send CONTROL; a ``format`` or ``rate`` also sets how the reply is decoded, so
+        it may only come before the first TEXT, as the daemon only takes it then."""
         ctl = Control(**kw)  # type: ignore[arg-type]
+        if ctl.sets_format and self._text_sent:
+            raise ProtocolError("format and rate may only be set before the call's first TEXT")
         self.send_raw(encode_control(ctl))
         if ctl.sets_format:
             fmt = self.reply.format

@@ -100,7 +100,10 @@ def load_engine(settings: Settings, device: str | None = None) -> Loaded:
     return loaded
 
 
-ENGLISH = ("a", "b")  # the languages whose text --phone-text and --lexicon rewrite
+# The languages --lexicon rewrites, and the one --phone-text does: its rules are American
+# (ZIP codes, states, month-first dates), so British English is left to misaki.
+ENGLISH = ("a", "b")
+PHONE_TEXT_LANGS = ("a",)
 
 
 def text_rewrite(settings: Settings, vocab: set[str]) -> Callable[[str, str], str] | None:
@@ -120,7 +123,7 @@ def text_rewrite(settings: Settings, vocab: set[str]) -> Callable[[str, str], st
     def rewrite(text: str, lang: str) -> str:
         if lang not in ENGLISH:
             return text
-        if settings.phone_text:
+        if settings.phone_text and lang in PHONE_TEXT_LANGS:
             text = phonetext.normalize(text)
         return lexicon.apply(text) if lexicon is not None else text
 

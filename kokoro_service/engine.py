@@ -442,12 +442,26 @@ class Engine:
                     out = KPipeline.infer(self.model, chunk.phonemes, pack, speed)
                     pieces.append(out.audio.detach().float().cpu().numpy().reshape(-1))
                     durations.append(out.pred_dur)
-            words = word_times(chunks, durations, [len(p) for p in pieces], self.model.vocab)
         except VoiceError:
             raise
         except Exception as exc:
             raise SynthesisError(f"{type(exc).__name__}: {exc}") from exc
+        words = self._word_times(text, chunks, durations, pieces)
         return _synthesis(pieces, time.perf_counter() - t0, chunks, words)
+
+    def _word_times(
+        self,
+        text: str,
+        chunks: Sequence[G2PChunk],
+        durations: Sequence[torch.Tensor],
+        pieces: Sequence[npt.NDArray[np.float32]],
+    ) -> tuple[Word, ...]:
+        """:func:`word_times`, never at the cost of the audio: timings are a courtesy."""
+        try:
+            return word_times(chunks, durations, [len(p) for p in pieces], self.model.vocab)
+        except Exception as exc:
+            log.warning("word timing failed text=%r: %s", text[:80], exc)
+            return ()
 
     def synthesize_batch(self, requests: Sequence[Request]) -> list[Synthesis | Exception]:
         """Audio for segments of different calls, in one forward pass where there are several.
@@ -517,13 +531,7 @@ class Engine:
         total = sum(len(a) for a in host) or 1
         for i, chunks in phonemes.items():
             share = seconds * sum(len(a) for a in pieces[i]) / total
-            try:
-                words = word_times(
-                    chunks, durations[i], [len(a) for a in pieces[i]], self.model.vocab
-                )
-            except Exception as exc:  # timings are a courtesy: never lose the audio for them
-                log.warning("word timing failed text=%r: %s", requests[i].text[:80], exc)
-                words = ()
+            words = self._word_times(requests[i].text, chunks, durations[i], pieces[i])
             results[i] = _synthesis(pieces[i], share, chunks, words)
         return [r if r is not None else SynthesisError("no result") for r in results]
 

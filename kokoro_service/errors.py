@@ -61,3 +61,13 @@ class SynthesisError(KokoroServiceError):
 
 class DestinationError(KokoroServiceError):
     """An audio destination (text connection or sink) could not be reached or stalled."""
+
+
+class WyomingInputError(KokoroServiceError):
+    """A Wyoming event that is not read at all (too large, or not an event): the
+    connection is closed."""
+
+
+class WyomingRequestError(KokoroServiceError):
+    """A well-formed Wyoming event with data that cannot be used: answered with an
+    ``error`` event, and the connection goes on."""

@@ -329,7 +329,7 @@ def parse_control(payload: bytes) -> Control:
     if fmt is not None and fmt not in SAMPLE_WIDTHS:
         raise ProtocolError(f"CONTROL 'format' must be one of {', '.join(SAMPLE_WIDTHS)}")
     rate = obj.get("rate")
-    if rate is not None and (isinstance(rate, bool) or rate not in SAMPLE_RATES):
+    if rate is not None and (type(rate) is not int or rate not in SAMPLE_RATES):
         raise ProtocolError(
             f"CONTROL 'rate' must be one of {', '.join(str(r) for r in SAMPLE_RATES)}"
         )

@@ -40,7 +40,13 @@ from wyoming.tts import (
 )
 
 from . import __version__
-from .errors import ProtocolError, StartupError, VoiceError
+from .errors import (
+    ProtocolError,
+    StartupError,
+    VoiceError,
+    WyomingInputError,
+    WyomingRequestError,
+)
 from .protocol import (
     SAMPLE_RATE,
     Audio,
@@ -52,6 +58,7 @@ from .protocol import (
     encode_hello,
     encode_text,
 )
+from .ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:  # the server starts this one
     from .server import Server
@@ -78,8 +85,25 @@ _ATTRIBUTION = Attribution(name="hexgrad", url="https://huggingface.co/hexgrad/K
 _call_ids = itertools.count(1)
 
 
-class WyomingInputError(Exception):
-    """A Wyoming event this server will not read (too large, or not an event at all)."""
+def _text(event: Event) -> str:
+    text = event.data.get("text")
+    if not isinstance(text, str):
+        raise WyomingRequestError("'text' must be a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WyomingRequestError("'text' is not valid Unicode (a lone surrogate)") from None
+    return text
+
+
+def _voice(event: Event) -> SynthesizeVoice | None:
+    data = event.data.get("voice")
+    if data is None:
+        return None
+    fields = ("name", "language", "speaker")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str | None) for k in fields):
+        raise WyomingRequestError("'voice' must be an object of strings")
+    return SynthesizeVoice(**{k: data.get(k) for k in fields})
 
 
 def wyoming_info(voices: list[str]) -> Info:
@@ -177,10 +201,11 @@ class WyomingHandler(AsyncEventHandler):
     """One Wyoming connection.
 
     Responsibilities: answer ``describe``; turn each synthesis into a call on the daemon
-    (HELLO, CONTROL with the voice and the s16le format, TEXT, BYE); relay the call's
-    AUDIO frames as ``audio-chunk`` events between ``audio-start`` and ``audio-stop``;
-    report an unknown voice or a full server as a Wyoming ``error``; read only bounded
-    events.
+    (HELLO, CONTROL with the voice, its language and the s16le format, TEXT, BYE); relay
+    the call's AUDIO frames as ``audio-chunk`` events between ``audio-start`` and
+    ``audio-stop``; report a malformed request, an unknown voice, a full server or a
+    failed synthesis as a Wyoming ``error``; read only bounded events; end every call it
+    opened when the client goes.
     """
 
     def __init__(
@@ -197,6 +222,8 @@ class WyomingHandler(AsyncEventHandler):
         self.info = info
         self.peer = peer
         self._streaming: _Request | None = None
+        self._open_requests: set[_Request] = set()
+        self._bad = RateLimitedLog(log)  # one peer's bad events cannot flood the log
 
     async def run(self) -> None:
         """Like the package's loop, with :func:`read_event`'s bounds."""
@@ -210,45 +237,71 @@ class WyomingHandler(AsyncEventHandler):
             log.warning("wyoming bad input peer=%s: %s; closing", self.peer, exc)
         except ConnectionError as exc:
             log.info("wyoming connection lost peer=%s: %s", self.peer, exc)
+        except Exception:  # a bug, not bad input: end this connection, not the server
+            log.exception("wyoming handler crashed peer=%s", self.peer)
         finally:
             await self.disconnect()
             self.writer.close()
 
     async def disconnect(self) -> None:
-        if self._streaming is not None:
-            self._streaming.abort()
-            self._streaming = None
+        """The client is gone: end every call this connection opened."""
+        self._streaming = None
+        for request in list(self._open_requests):
+            request.abort()
+        self._open_requests.clear()
 
     async def handle_event(self, event: Event) -> bool:
+        try:
+            await self._handle(event)
+        except WyomingRequestError as exc:
+            self._bad.warning(
+                "bad", "wyoming request refused peer=%s type=%s: %s", self.peer, event.type, exc
+            )
+            await self.write_event(Error(text=str(exc), code="bad-request").event())
+        return True
+
+    async def _handle(self, event: Event) -> None:
         if Describe.is_type(event.type):
             await self.write_event(self.info.event())
         elif Synthesize.is_type(event.type):
             if self._streaming is not None:
-                return True  # a streaming client's copy of the text it is streaming
-            synth = Synthesize.from_event(event)
-            request = await self._open(synth.voice)
+                return  # a streaming client's copy of the text it is streaming
+            text = _text(event)
+            request = await self._open(_voice(event))
             if request is not None:
-                request.text(synth.text)
-                await request.finish()
+                request.text(text)
+                await self._finish(request)
         elif SynthesizeStart.is_type(event.type):
+            voice = _voice(event)
             if self._streaming is not None:  # a new stream before the last one stopped
-                await self._streaming.finish()
-            self._streaming = await self._open(SynthesizeStart.from_event(event).voice)
+                await self._finish(self._streaming)
+            self._streaming = await self._open(voice)
         elif SynthesizeChunk.is_type(event.type):
+            text = _text(event)
             if self._streaming is not None:
-                self._streaming.text(SynthesizeChunk.from_event(event).text)
+                self._streaming.text(text)
         elif SynthesizeStop.is_type(event.type):
             request, self._streaming = self._streaming, None
             if request is not None:
-                await request.finish()
+                await self._finish(request)
             await self.write_event(SynthesizeStopped().event())
         else:
             log.debug("wyoming event ignored peer=%s type=%s", self.peer, event.type)
-        return True
+
+    async def _finish(self, request: _Request) -> None:
+        try:
+            await request.finish()
+        finally:
+            self._open_requests.discard(request)
 
     async def _open(self, voice: SynthesizeVoice | None) -> _Request | None:
-        """A call on the daemon for one synthesis, or None after an ``error`` event."""
+        """A call on the daemon for one synthesis, or None after an ``error`` event.
+
+        A voice asked for without a language speaks the language of its name's first
+        letter (``ff_siwis``: French), as the ``info`` answer lists it.
+        """
         control = Control(format="s16le")
+        lang = None
         if voice is not None and voice.name:
             try:
                 self.server.engine.voices.check(voice.name)
@@ -256,11 +309,11 @@ class WyomingHandler(AsyncEventHandler):
                 log.warning("wyoming voice refused peer=%s: %s", self.peer, exc)
                 await self.write_event(Error(text=str(exc), code="unknown-voice").event())
                 return None
-            control = Control(format="s16le", voice=voice.name)
+            lang = voice.name[:1].lower() if voice.name[:1].lower() in _VOICE_LANGUAGES else None
         if voice is not None and voice.language:
-            lang = _LANG_CODES.get(voice.language.strip().lower().replace("_", "-"))
-            if lang is not None:
-                control = Control(format=control.format, voice=control.voice, lang=lang)
+            lang = _LANG_CODES.get(voice.language.strip().lower().replace("_", "-"), lang)
+        if voice is not None and (voice.name or lang):
+            control = Control(format="s16le", voice=voice.name or None, lang=lang)
         ours, theirs = socket.socketpair()
         call_id = f"wyoming-{next(_call_ids)}"
         if not self.server.serve_connection(ours, f"wyoming:{self.peer}"):
@@ -271,7 +324,9 @@ class WyomingHandler(AsyncEventHandler):
         writer.write(encode_hello(call_id) + encode_control(control))
         await self.write_event(AudioStart(rate=SAMPLE_RATE, width=_WIDTH, channels=1).event())
         relay = asyncio.create_task(self._relay(call_id, reader, writer))
-        return _Request(writer, relay, self.server.settings.max_text_bytes)
+        request = _Request(writer, relay, self.server.settings.max_text_bytes)
+        self._open_requests.add(request)
+        return request
 
     async def _relay(
         self, call_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -296,11 +351,14 @@ class WyomingHandler(AsyncEventHandler):
             log.warning("wyoming relay failed call=%s peer=%s: %s", call_id, self.peer, exc)
         finally:
             writer.close()
-        if not ended:
-            log.warning(
-                "wyoming call=%s peer=%s: the daemon closed without END", call_id, self.peer
-            )
         with contextlib.suppress(ConnectionError):
+            if not ended:
+                log.warning(
+                    "wyoming call=%s peer=%s: the call ended without END", call_id, self.peer
+                )
+                await self.write_event(
+                    Error(text="synthesis ended early", code="synthesis-failed").event()
+                )
             await self.write_event(AudioStop().event())
 
 
@@ -394,8 +452,11 @@ class WyomingServer:
 
         listener = await asyncio.start_server(connected, sock=self._sock, limit=_LINE_LIMIT)
         self._ready.set()
-        async with listener:
-            await self._stop.wait()
+        await self._stop.wait()
+        # Close, cancel, then wait: from Python 3.12 wait_closed() waits for every client
+        # connection, so the handlers go first.
+        listener.close()
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await listener.wait_closed()

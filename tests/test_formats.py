@@ -165,6 +165,7 @@ def test_control_format_keys_round_trip_and_are_checked() -> None:
         b'{"rate":44100}',
         b'{"rate":true}',
         b'{"rate":"8000"}',
+        b'{"rate":8000.0}',
         b'{"words":1}',
     ):
         with pytest.raises(ProtocolError):

@@ -29,13 +29,15 @@ from kokoro_service.client import Connection
 from kokoro_service.config import Settings
 from kokoro_service.daemon import text_rewrite
 from kokoro_service.engine import Engine, Request
-from kokoro_service.errors import ConfigError, StartupError
+from kokoro_service.errors import ConfigError, ProtocolError, StartupError
 from kokoro_service.protocol import (
     Audio,
     AudioStreamDecoder,
+    Control,
     End,
     ServerFrame,
     Words,
+    encode_control,
     encode_register,
 )
 from kokoro_service.segmenter import Segmenter, SegmenterConfig
@@ -145,7 +147,9 @@ def test_format_after_the_first_text_is_refused_and_the_call_goes_on(
         conn.hello("42")
         conn.control(format="s16le", rate=16000)
         conn.text(TEXTS[0])
-        conn.control(format="f32le", rate=24000)  # too late: logged, ignored
+        with pytest.raises(ProtocolError):  # the client knows the rule ...
+            conn.control(format="f32le", rate=24000)
+        conn.send_raw(encode_control(Control(format="f32le", rate=24000)))  # ... the daemon too
         conn.text(TEXTS[1])
         conn.bye()
         frames = frames_in_order(conn.sock, 2)
@@ -317,6 +321,23 @@ def test_wyoming_bad_input_is_refused_without_reading_it(
     with socket.create_connection(server.wyoming.address, timeout=TEST_TIMEOUT) as sock:
         sock.sendall(b"not json\n")
         assert sock.recv(1) == b""
+
+    async def bad_then_gone() -> None:
+        async with AsyncTcpClient(*server.wyoming.address) as client:  # type: ignore[union-attr]
+            # Data it cannot use: an error event, no call opened, the connection goes on.
+            await client.write_event(Event(type="synthesize", data={"text": 5}))
+            error = (await _events_until(client, "error"))[-1]
+            assert error.data["code"] == "bad-request"
+            await client.write_event(Describe().event())
+            await _events_until(client, "info")
+            # A client that leaves mid-synthesis: its call ends with it.
+            await client.write_event(Synthesize(text=" ".join(TEXTS * 3)).event())
+            await _events_until(client, "audio-start")
+
+    opened = server.calls.opened
+    asyncio.run(bad_then_gone())
+    assert server.calls.opened == opened + 1
+    assert wait_for(lambda: len(server.calls) == 0), "the departed client's call lingers"
     # The server goes on serving.
     with Connection(*server.tcp_address) as conn:
         conn.hello("56")
