@@ -64,6 +64,7 @@ from benchmarks.harness import (  # noqa: E402
     git_commit,
     log,
     rounded,
+    strict_json,
     summary,
 )
 
@@ -688,19 +689,6 @@ def host_facts(device: str) -> dict[str, Any]:
     }
 
 
-def _finite(obj: Any) -> Any:
-    """NaN and infinity become null: the result must be strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ns = parse_args(argv)
     modes = [m.strip() for m in ns.modes.split(",") if m.strip()]
@@ -764,7 +752,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if one and many is not None:
             res["batching_gain"] = rounded(many / one, 3)
         res["wall_s"] = rounded(time.monotonic() - t0, 1)
-        res = _finite(res)
+        res = strict_json(res)
         text = json.dumps(res, indent=2, allow_nan=False)
         if ns.out is not None:
             ns.out.parent.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,19 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ the machine
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinity as null and paths as strings: results are strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def cpu_model() -> str:
     """The CPU's model name ("" where /proc/cpuinfo does not say): hosts of one name have
     differed by 2x in synthesis speed, so every result file records it."""
