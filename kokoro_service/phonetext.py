@@ -322,10 +322,19 @@ _PHONE_US = re.compile(
     rf"(?:\((\d{{3}})\) ?|(\d{{3}}){_PHONE_SEP})(\d{{3}}){_PHONE_SEP}(\d{{4}})"
     rf"{_PHONE_EXT}(?![\w/-]|[.,]\d)"
 )
+# A 7-digit local number ("555-0199") has the shape of a range ("pages 100-2000"), so it
+# needs a real exchange (first digit 2-9, as in the North American plan), and is left
+# alone when both halves are round ("500-1000") or a range word comes just before.
 _PHONE_LOCAL = re.compile(
-    rf"(?<![\w$.,+/-])(\d{{3}})[-\u2010\u2011](\d{{4}}){_PHONE_EXT}(?![\w/-]|[.,]\d)"
+    rf"(?<![\w$.,+/-])([2-9]\d{{2}})[-\u2010\u2011](\d{{4}}){_PHONE_EXT}(?![\w/-]|[.,]\d)"
+)
+_RANGE_BEFORE = re.compile(
+    r"(?i:\b(?:pages?|pp?\.|lines?|rows?|years?|ages?|between|chapters?|sections?|verses?|"
+    r"steps?|items?|sizes?|ranges?|scores?)\s*$)"
 )
 _PHONE_INTL = re.compile(r"(?<![\w$.,+/-])\+(\d{1,3})((?:[ .-]\d{1,5}){2,5})(?![\w/-]|[.,]\d)")
+# Fewer digits than this after the country code is no telephone number ("+5 10 20").
+_MIN_INTL_DIGITS = 6
 
 
 def _phone_group(digits: str) -> str:
@@ -347,10 +356,17 @@ def _extension(ext: str | None) -> str:
 
 
 def _phone_local(m: re.Match[str]) -> str:
+    exchange, line = m.group(1), m.group(2)
+    before = m.string[max(0, m.start() - 12) : m.start()]
+    round_range = exchange.endswith("0") and line.endswith("00") and not line.startswith("0")
+    if round_range or _RANGE_BEFORE.search(before):
+        return m.group(0)  # "500-1000", "pages 200-3000": a range
     return f"{_digits(m.group(1))}, {_digits(m.group(2))}" + _extension(m.group(3))
 
 
 def _phone_intl(m: re.Match[str]) -> str:
+    if sum(c.isdigit() for c in m.group(2)) < _MIN_INTL_DIGITS:
+        return m.group(0)
     groups = [_digits(g) for g in re.split(r"[ .-]", m.group(2)) if g]
     return ", ".join([f"plus {_digits(m.group(1))}", *groups])
 
@@ -382,12 +398,31 @@ def _ampm(letter: str, m: re.Match[str]) -> str:
 
 def _time(m: re.Match[str]) -> str:
     hour, minute = int(m.group(1)), int(m.group(2))
+    if m.group(3) and not 1 <= hour <= 12:
+        return m.group(0)  # "13:30 PM": no clock reads so; left to misaki
     words = _cardinal(hour)
     if minute:
         words += f" oh {_ONES[minute]}" if minute < 10 else f" {_cardinal(minute)}"
     elif not m.group(3):
         words += " o'clock" if 1 <= hour <= 12 else " hundred"
     return words + (_ampm(m.group(3), m) if m.group(3) else "")
+
+
+# "a ratio of 1:10", "3:1 odds", "a 1:25 scale": two numbers, said "one to ten", never a
+# time; only with one of these words next to it, since "at 1:10" is ten past one.
+_RATIO = re.compile(
+    r"(?i:(\b(?:ratios?|odds|scale|aspect|proportions?|dilution|diluted|mix(?:ed)?|score[ds]?)"
+    r"(?:\s+(?:of|is|was))?\s+)"
+    r"(\d{1,3}):(\d{1,3})(?![\d:]|[.,]\d)"
+    r"|(?<![\w:.,/$])(\d{1,3}):(\d{1,3})(?![\d:]|[.,]\d)"
+    r"(?=\s+(?:ratios?|odds|scale|split|mix|dilution|aspect|win|victory|loss|lead|defeat)\b))"
+)
+
+
+def _ratio(m: re.Match[str]) -> str:
+    if m.group(1) is not None:
+        return f"{m.group(1)}{_cardinal(int(m.group(2)))} to {_cardinal(int(m.group(3)))}"
+    return f"{_cardinal(int(m.group(4)))} to {_cardinal(int(m.group(5)))}"
 
 
 def _hour_ampm(m: re.Match[str]) -> str:
@@ -431,10 +466,53 @@ def _date_words(m: re.Match[str]) -> str:
     return out + (f", {_year(m.group(5))}" if m.group(5) else "")
 
 
+# Month and day abbreviations are expanded in a date ("Tue., Mar. 3rd", "Jan. 2026").
+# Outside one, those that are also names or words ("I spoke with Jan.", "in the Sun.")
+# are left alone, dot and all, so that the dot still ends the sentence; the others
+# ("Tue.", "Feb.", and "Sat.", "Wed.", whose verbs are never capitalised mid-sentence)
+# are nothing but abbreviations with their dot, and misaki has no (or the verb's) reading
+# for them, so they are expanded anywhere, keeping the dot where it ends a sentence.
+_AMBIGUOUS_CALENDAR = frozenset("Jan Jun Mar Mon Thu Sun".split())
+_DAY_NAME = "|".join(sorted(_DAYS + list(_DAY_ABBR), key=len, reverse=True))
 _MONTH_ABBR_DOT = re.compile(r"\b(Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)\.")
-_DAY_ABBR_RE = re.compile(
-    rf"\b(Mon|Tues|Tue|Wed|Thurs|Thur|Thu|Fri|Sat|Sun)"
-    rf"(?:\.|(?=,?\s+(?:{_MONTH_NAME}|\d)\b))"
+_RANGE_JOIN = r"(?:\s*[-–—/&]\s*|\s+(?:to|through|thru|and|or)\s+)"
+# After a month: a day number, a year or another month ("Mar. 3rd", "Jan. 2026",
+# "Jan., 2026", "Jan. or Feb.").
+_DATE_AFTER_MONTH = re.compile(
+    r",?\s+(?:\d{1,2}(?:st|nd|rd|th)?|[12]\d{3})(?![\w:]|[.,/]\d)"
+    rf"|{_RANGE_JOIN}(?:{_MONTH_NAME})\b"
+)
+# Before a month: a day number, another month, or a word that names a month ("the 5th
+# of Mar.", "5 Mar.", "Jan. or Mar.", "back in Jan.", "until Mar.").
+_DATE_BEFORE_MONTH = re.compile(
+    r"(?:(?<![\w.,])\d{1,2}(?:st|nd|rd|th)?(?:\s+of)?\s+"
+    rf"|\b(?:{_MONTH_NAME})\.?,?{_RANGE_JOIN}"
+    r"|\b(?:[Ii]n|[Ss]ince|[Uu]ntil|[Tt]ill|[Tt]hrough|[Dd]uring|[Ee]arly|[Ll]ate|[Mm]id|"
+    r"[Ll]ast|[Nn]ext|[Tt]his|[Ee]very)\s+)$"
+)
+_DAY_ABBR_RE = re.compile(r"\b(Mon|Tues|Tue|Wed|Thurs|Thur|Thu|Fri|Sat|Sun)(?![\w'’])(\.)?")
+# After a day: a month, a date, a time, a part of the day, or another day ("Tue., Mar. 3rd",
+# "Tue. 3/5", "Mon 9 AM", "Sat. night", "Mon.-Fri.").
+# The dates here include every form a later rule turns into a month name ("2026-03-05",
+# "3/5/2026"), so that a second pass decides as the first did.
+_DATE_AFTER_DAY = re.compile(
+    rf",?\s+(?:(?:\d{{1,2}}(?:st|nd|rd|th)?\s+)?(?:(?:{_MONTH_NAME})\b"
+    r"|\d{4}-\d\d-\d\d\b|\d{1,2}/\d{1,2}\b)"
+    r"|\d{1,2}(?:st|nd|rd|th)\b|\d{1,2}:[0-5]\d\b|\d{1,2}\s?[AaPp]\.?\s?[Mm]\b"
+    r"|(?:morning|afternoon|evening|night)\b)"
+    rf"|{_RANGE_JOIN}(?:{_DAY_NAME})\b"
+)
+# After a dotted day: hours ("Sat. 10 to 2", "Wed. at 3").
+_HOURS_AFTER_DAY = re.compile(
+    r"\s+(?:(?:at|from|between|until|till|before|after)\s+\d{1,2}"
+    r"|\d{1,2}(?::[0-5]\d)?\s*(?:-|–|to)\s*\d{1,2})\b"
+)
+# Before a day: another day ("Mon-Fri", "Sat. and Sun."), or, for a dotted one, a word
+# that names a day ("on Sun.", "next Mon.", "closed Sun.").
+_DAY_BEFORE_DAY = re.compile(rf"\b(?:{_DAY_NAME})\.?,?{_RANGE_JOIN}$")
+_WORD_BEFORE_DAY = re.compile(
+    r"\b(?:[Oo]n|[Nn]ext|[Ll]ast|[Tt]his|[Ee]very|[Uu]ntil|[Tt]ill|[Tt]hrough|[Oo]pen|[Cc]losed)"
+    r"\s+$"
 )
 
 
@@ -446,12 +524,42 @@ def _keep_final_dot(m: re.Match[str], word: str) -> str:
     return word + ("." if dotted and last else "")
 
 
+def _keep_sentence_dot(m: re.Match[str], word: str) -> str:
+    """``word`` for an abbreviation outside a date: its period is kept where a sentence
+    could end there (the segment ends, or a capital follows), so that misaki pauses."""
+    if not m.group(0).endswith("."):
+        return word
+    rest = m.string[m.end() : m.end() + 2]
+    ends = not m.string[m.end() :].strip() or (rest[:1].isspace() and rest[1:].isupper())
+    return word + ("." if ends else "")
+
+
 def _month_abbr(m: re.Match[str]) -> str:
-    return _keep_final_dot(m, _MONTH_ABBR[m.group(1)])
+    abbr, word = m.group(1), _MONTH_ABBR[m.group(1)]
+    before = m.string[max(0, m.start() - 16) : m.start()]
+    if _DATE_AFTER_MONTH.match(m.string, m.end()):
+        return _keep_final_dot(m, word)
+    if _DATE_BEFORE_MONTH.search(before):
+        return _keep_sentence_dot(m, word)
+    if abbr in _AMBIGUOUS_CALENDAR:
+        return m.group(0)  # "I spoke with Jan. She said": a name and a sentence end
+    return _keep_sentence_dot(m, word)
 
 
 def _day_abbr(m: re.Match[str]) -> str:
-    return _keep_final_dot(m, _DAY_ABBR[m.group(1)])
+    abbr, dot, word = m.group(1), m.group(2), _DAY_ABBR[m.group(1)]
+    if _DATE_AFTER_DAY.match(m.string, m.end()):
+        return _keep_final_dot(m, word)
+    before = m.string[max(0, m.start() - 24) : m.start()]
+    if _DAY_BEFORE_DAY.search(before):
+        return _keep_sentence_dot(m, word)
+    if dot and (_WORD_BEFORE_DAY.search(before) or _HOURS_AFTER_DAY.match(m.string, m.end())):
+        return _keep_sentence_dot(m, word)
+    if not dot:
+        return m.group(0)  # "Sun", "Wed" without a date: words
+    if abbr in _AMBIGUOUS_CALENDAR:
+        return m.group(0)  # "We sat in the Sun. It was warm."
+    return _keep_sentence_dot(m, word)
 
 
 _CURRENCIES = {
@@ -459,8 +567,10 @@ _CURRENCIES = {
     "£": ("pound", "pounds", "penny", "pence"),
     "€": ("euro", "euros", "cent", "cents"),
 }
+# The amount takes every decimal there is ("$3.999" must not become "... cents9"); without
+# a scale word only whole cents (exactly two decimals) are money, the rest is left to misaki.
 _MONEY = re.compile(
-    r"(?<![\w$£€.,])([$£€])\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2}))?(?![\d,]\d|\.\d)"
+    r"(?<![\w$£€.,])([$£€])\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,6}))?(?!\d|[.,]\d)"
     r"(?:\s?(thousand|million|billion|trillion|[KkMB])(?![A-Za-z]))?"
 )
 _SCALE_WORDS = {"k": "thousand", "K": "thousand", "M": "million", "B": "billion"}
@@ -469,7 +579,7 @@ _SCALE_WORDS = {"k": "thousand", "K": "thousand", "M": "million", "B": "billion"
 def _money(m: re.Match[str]) -> str:
     one, many, cent, cents = _CURRENCIES[m.group(1)]
     whole, frac, scale = m.group(2).replace(",", ""), m.group(3), m.group(4)
-    if len(whole) > _MAX_CARDINAL_DIGITS:
+    if len(whole) > _MAX_CARDINAL_DIGITS or (frac and not scale and len(frac) != 2):
         return m.group(0)
     if scale:  # "$1.5 million" -> "one point five million dollars"
         amount = _cardinal(int(whole)) + (f" point {_digits(frac)}" if frac else "")
@@ -548,27 +658,80 @@ def _zip_word(m: re.Match[str]) -> str:
     return f"{m.group(1)}{m.group(2)}{_zip(m.group(3), m.group(4))}"
 
 
-# Confirmation and reference codes.  After a keyword ("confirmation number is", "order
-# #", "code:") the code may be digits only; elsewhere only a capital letter-and-digit
-# token of 4+ characters ("AB12X9") is taken to be one, and never a measure ("100MB").
+# Confirmation and reference codes.  After a keyword the code must look like an identifier,
+# since most keywords are also ordinary words ("in case 100 people come", "policy 2 weeks",
+# "claim 500 points", "booking 100 rooms") and misaki reads plain numbers well:
+#
+# - letters and digits ("AB12X9", "XK-42-B"), but not an ordinal or a measure ("2nd",
+#   "5pm", "100MB") unless a marker (below) says it is a code;
+# - digits only: 3 or more after a marker ("number", "no.", "num", "id", "code", "#", ":")
+#   or a keyword that names nothing but codes ("code", "confirmation", "id"), 4 or more
+#   after "pin", else 5 or more, and never what a number counts ("claim 25000 dollars");
+# - capitals only ("QXRTZP"): after a marker or "is"/"was", or right after a keyword that
+#   names nothing but codes (confirmation, reference, booking...), and never a word
+#   ("APPROVED").
+#
+# Elsewhere only a capital letter-and-digit token of 4+ characters ("AB12X9") is taken to
+# be one, and never a measure ("100MB").
 _CODE_AFTER_KEYWORD = re.compile(
-    r"(?i:\b(?:(confirmation|reference|ref|booking|reservation|tracking|ticket|claim|policy|"
-    r"member(?:ship)?|invoice|case|pnr|pin|code|id)|(order|account|record|patient|"
-    r"customer|transaction))"
-    r"(?(2)(?:\s+(?:number|no\.|num\.?|id|code)|(?=\s*#))|(?:\s+(?:number|no\.|num\.?|id|code))?)"
-    r"(?:\s+(?:is|was|will\s+be))?(?:\s*[:#]\s*|\s+))"
-    r"((?=[A-Za-z-]*\d)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*|[A-Z]{2,}\d*(?:-[A-Z0-9]+)*)(?![\w-])"
+    r"(?i:\b(?:(?P<kw>confirmation|reference|ref|booking|reservation|tracking|ticket|claim|"
+    r"policy|member(?:ship)?|invoice|case|pnr|pin|code|id)|(?P<kw2>order|account|record|"
+    r"patient|customer|transaction))"
+    r"(?(kw2)(?:\s+(?P<m1>number|no\.|num\.?|id|code)|(?=\s*#))"
+    r"|(?:\s+(?P<m2>number|no\.|num\.?|id|code))?)"
+    r"(?:\s+(?P<verb>is|was|will\s+be))?(?:\s*(?P<sep>[:#])\s*|\s+))"
+    r"(?P<code>(?=[A-Za-z-]*\d)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*|[A-Z]{2,}\d*(?:-[A-Z0-9]+)*)"
+    r"(?![\w-]|[.,]\d|%)"
 )
+# Keywords never followed by a quantity in prose: 3+ digits after one are a code.
+_NUMBER_CODE_KEYWORDS = frozenset("confirmation ref pnr code id".split())
+# Keywords that name nothing but codes: capitals right after one are a code.
+_CODE_ONLY_KEYWORDS = _NUMBER_CODE_KEYWORDS | {"reference", "booking", "reservation", "tracking"}
+_MEASURE = re.compile(r"\d+[A-Za-z]{1,3}")
+# A number followed by what it counts is a quantity ("claim 25000 dollars").
+_COUNTED = re.compile(
+    r"\s+(?:dollars|cents|euros|pounds|percent|people|persons|points|miles|items|units|"
+    r"times|years|months|weeks|days|hours|minutes|seconds|calls|members|patients|customers|"
+    r"orders|claims|cases|tickets|policies|bookings|visitors|users|copies|pages|words|steps)\b"
+)
+_MIN_MARKED_DIGITS = 3
+_MIN_BARE_DIGITS = 5
+_MIN_PIN_DIGITS = 4
+
+
+def _is_code(m: re.Match[str]) -> bool:
+    code = m["code"]
+    keyword = (m["kw"] or m["kw2"]).lower()
+    marked = bool(m["m1"] or m["m2"] or m["sep"])
+    if keyword == "case" and re.search(
+        r"(?i:\bin\s+)$", m.string[max(0, m.start() - 4) : m.start()]
+    ):
+        return False  # "in case 12345 people come": the idiom
+    if code.isdigit():
+        if _COUNTED.match(m.string, m.end()):
+            return False
+        if marked or keyword in _NUMBER_CODE_KEYWORDS:
+            return len(code) >= _MIN_MARKED_DIGITS  # "code 7": nothing to spell
+        return len(code) >= (_MIN_PIN_DIGITS if keyword == "pin" else _MIN_BARE_DIGITS)
+    if any(c.isdigit() for c in code):
+        return marked or not _MEASURE.fullmatch(code)  # "policy 2nd", "ticket 5pm"
+    # Capitals only.
+    if not (marked or m["verb"] or keyword in _CODE_ONLY_KEYWORDS):
+        return False
+    gold, silver = _lexicon_words()
+    letters = code.replace("-", "").lower()
+    return letters not in gold and letters not in silver  # "Your claim is APPROVED"
+
+
 _CODE_ALONE = re.compile(
     r"(?<![\w@./$-])(?=[A-Z]*\d)(?=\d*[A-Z])(?![0-9]+[A-Z]{1,3}\b)[A-Z0-9]{4,}(?![\w@-])"
 )
 
 
 def _code_after_keyword(m: re.Match[str]) -> str:
-    code = m.group(3)
-    if code.isdigit() and len(code) < 3:
-        return m.group(0)  # "code 7": nothing to spell
-    return m.group(0)[: m.start(3) - m.start()] + _spell(code)
+    if not _is_code(m):
+        return m.group(0)
+    return m.group(0)[: m.start("code") - m.start()] + _spell(m["code"])
 
 
 def _code_alone(m: re.Match[str]) -> str:
@@ -679,8 +842,37 @@ def _title(m: re.Match[str]) -> str:
     return _keep_final_dot(m, _TITLES[m.group(1)])
 
 
-# "#5", "apartment no. 5"; a sentence opening "No. 5 is..." is an answer, not a number.
-_NUMBER_SIGN = re.compile(r"(?:(?<=\w )[Nn]o\.|#)\s?(?=\d)")
+# "#5", "room no. 5", "Order No. 5".  "no." is the word "no" unless it is clearly a number
+# sign: capitalised mid-sentence, or after a noun that numbers things; "The answer is no.
+# 5 people came" and a sentence opening "No. 5 is..." are answers, not numbers.  misaki
+# itself reads "no. 5" as "number five", so after a word that makes "no" an answer ("is
+# no.", "said no.") the number is written as the word opening the next sentence.
+_NUMBER_SIGN = re.compile(
+    r"(?<=\w )no\. (\d{1,15})(?!\w|[.,:/]\d)|(?:(?<=\w )(No|no)\.|#)\s?(?=\d)"
+)
+_ANSWER_BEFORE = re.compile(
+    r"(?i:\b(?:is|was|are|were|be|say|says|said|answered|replied|just|simply|definitely|"
+    r"certainly|probably|still)\s+$)"
+)
+_NUMBERED_BEFORE = re.compile(
+    r"(?i:\b(?:room|rm|order|item|apartment|apt|unit|suite|ste|flat|house|building|bldg|floor|"
+    r"gate|platform|seat|table|box|lot|bay|dock|stall|booth|line|page|section|chapter|"
+    r"invoice|ticket|account|case|claim|policy|patient|member|reference|ref|file|form|model|"
+    r"part|serial|check|cheque|flight|train|bus|route|track|store|branch|lane|door)\s+$)"
+)
+
+
+def _number_sign(m: re.Match[str]) -> str:
+    before = m.string[max(0, m.start() - 16) : m.start()]
+    if m.group(1) is not None:  # "no. 5"
+        if _NUMBERED_BEFORE.search(before):
+            return f"number {m.group(1)}"
+        if _ANSWER_BEFORE.search(before):
+            return f"no. {_number(m.group(1)).capitalize()}"  # "is no. Five people came"
+        return m.group(0)
+    if m.group(2) == "no" and not _NUMBERED_BEFORE.search(before):
+        return m.group(0)
+    return "number "
 
 
 # Order matters: each rule writes plain words, so later rules never see its digits.
@@ -698,6 +890,7 @@ _RULES: tuple[_Rule, ...] = (
     (_STATE_ALONE, _state_alone),
     (_CODE_AFTER_KEYWORD, _code_after_keyword),
     (_DAY_ABBR_RE, _day_abbr),  # before times: "Mon 9 AM" is a day by the digit after it
+    (_RATIO, _ratio),  # before times: "ratio 1:10" is not ten past one
     (_TIME, _time),
     (_HOUR_AMPM, _hour_ampm),
     (_DATE_NUMERIC, _date_numeric),
@@ -713,7 +906,7 @@ _RULES: tuple[_Rule, ...] = (
     (_DIRECTION_AFTER_STREET, _direction_after_street),
     (_HOUSE_NUMBER, _house_number),
     (_TITLE, _title),
-    (_NUMBER_SIGN, lambda m: "number "),
+    (_NUMBER_SIGN, _number_sign),
     (_ORDINAL, _ordinal_match),
 )
 
@@ -768,10 +961,17 @@ class Lexicon:
         self._pattern: re.Pattern[str] | None = None
         if self._entries:
             # Longest first, so "St. John" wins over "John"; a word inside another word,
-            # or already inside a link ("[Nguyen](...)"), is left alone.
+            # or already inside a link ("[Nguyen](...)"), is left alone.  So is a word
+            # joined to more of the same token by ".", "@", "/", ":" or "-" (an address, a
+            # URL, a compound: "acme.xyz", "nguyen@example.com", "Smith-Nguyen"): misaki
+            # gives a link's phonemes to the whole spaCy token it falls in, so the rest of
+            # the token would go unspoken.
             words = sorted(self._entries, key=len, reverse=True)
             alternatives = "|".join(re.escape(w) for w in words)
-            self._pattern = re.compile(rf"(?<![\w\[])(?:{alternatives})(?![\w\]])", re.IGNORECASE)
+            self._pattern = re.compile(
+                rf"(?<![\w\[])(?<!\w[.@/:-])(?:{alternatives})(?![\w\]])(?![.@/:-]\w)",
+                re.IGNORECASE,
+            )
 
     @classmethod
     def load(cls, path: Path, vocab: Collection[str] | None = None) -> Lexicon:

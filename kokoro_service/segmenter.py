@@ -104,6 +104,22 @@ _WEEKDAYS = frozenset(
     """mon tue tues wed thu thur thurs fri sat sun monday tuesday wednesday thursday friday
     saturday sunday""".split()
 )
+# Abbreviations that may also end a sentence: their dot does, when a capitalised word
+# follows that does not continue a date ("I spoke with Jan. She said..." is two sentences;
+# "Tue. Mar. 3rd", "Jan. 2026", "room no. 5" are one).  A bare "no." is more often the
+# word than the number sign ("No. That won't work.").  phonetext.normalize makes the same
+# call, so a dot it leaves for the sentence end is the dot cut here.
+_SENTENCE_ABBREVIATIONS = frozenset(
+    "no jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun".split()
+)
+# Words that continue a date after a month or day abbreviation: "Tue. Mar. 3rd".
+_CALENDAR_WORDS = (
+    frozenset(
+        """jan feb mar apr may jun jul aug sep sept oct nov dec january february march april
+    june july august september october november december""".split()
+    )
+    | _WEEKDAYS
+)
 _SENTENCE_END = "!?…"
 _CLAUSE_MARKS = ",;:—–"
 _CLOSERS = "\"')]}”’»"
@@ -188,15 +204,16 @@ class Segmenter:
         "Your ..."), as it would have had the segment been cut on arrival.
         """
         text = _WS.sub(" ", text)
-        if text and not text[0].isspace() and self._ends_at_boundary():
+        if text and not text[0].isspace() and self._ends_at_boundary(text):
             self._buf += " "
         self._buf += text
 
-    def _ends_at_boundary(self) -> bool:
+    def _ends_at_boundary(self, text: str) -> bool:
         i = len(self._buf.rstrip(_CLOSERS)) - 1
         if i < 0 or self._buf[i] not in _SENTENCE_END + "." + _CLAUSE_MARKS:
             return False
-        if self._buf[i] == "." and _ends_abbreviation(self._buf, i):
+        # Whether a dot ends an abbreviation may depend on what follows ("Jan." + "She").
+        if self._buf[i] == "." and _ends_abbreviation(f"{self._buf} {text}", i):
             return False
         return _is_boundary_at(self._buf, i, final=False) is not None
 
@@ -347,7 +364,11 @@ def _clings(word: str) -> bool:
 
 def _breakable(prev: str, nxt: str) -> bool:
     """Whether a segment may end on word ``prev`` when ``nxt`` follows it."""
-    if _clings(prev) or _is_weekday(prev):  # "Tue.," | "Mar. 3rd": one date
+    if prev.endswith(".") and prev[:-1].lower() in _SENTENCE_ABBREVIATIONS:
+        # "Jan." | "She": a sentence end; "Mar." | "3rd", "Tue." | "Mar.": one date.
+        return _sentence_follows(" " + nxt)
+    # "Tue.," | "Mar. 3rd": one date (the next word may still be arriving).
+    if _clings(prev) or (_is_weekday(prev) and _date_follows(nxt, complete=False)):
         return False
     # "Main" | "St.": the type belongs to the name before it.
     return not (prev[:1].isupper() and nxt.lower().rstrip(".,") in _STREET_TYPES)
@@ -394,12 +415,29 @@ def _in_address(buf: str, dot: int) -> bool:
 
 def _inside_phrase(buf: str, i: int) -> bool:
     """Whether the mark at ``buf[i]`` is inside a phrase rather than at its end: the dot
-    of an abbreviation, or a comma after a weekday ("Tue., Mar. 3rd")."""
+    of an abbreviation, or a comma after a weekday in a date ("Tue., Mar. 3rd")."""
     if buf[i] == ".":
         return _ends_abbreviation(buf, i)
     if buf[i] != ",":
         return False
-    return bool(buf[:i].strip()) and _is_weekday(buf[:i].rsplit(None, 1)[-1])
+    if not buf[:i].strip() or not _is_weekday(buf[:i].rsplit(None, 1)[-1]):
+        return False
+    rest = buf[i + 1 :]
+    m = re.match(r"\s*(\S+)", rest)
+    if m is None:
+        return True  # nothing yet: a date may follow
+    return _date_follows(m.group(1), complete=m.end() < len(rest))  # "Sun, it was warm"
+
+
+def _date_follows(word: str, *, complete: bool) -> bool:
+    """Whether ``word``, after a weekday, continues a date: a month or a number.  A word
+    still arriving counts while it could grow into one ("M" -> "Mar.")."""
+    if word[:1].isdigit():
+        return True
+    bare = word.rstrip(".,;:").lower()
+    if complete or bare != word.lower():  # a mark after it ends the word too
+        return bare in _CALENDAR_WORDS
+    return any(name.startswith(bare) for name in _CALENDAR_WORDS)
 
 
 def _is_weekday(word: str) -> bool:
@@ -417,7 +455,28 @@ def _ends_abbreviation(buf: str, dot: int) -> bool:
         return False
     if len(word) == 1 and word.isalpha():
         return True  # an initial such as "J. Smith"
+    if word in _SENTENCE_ABBREVIATIONS:
+        return not _sentence_follows(buf[dot + 1 :])
     return word in _ABBREVIATIONS
+
+
+def _sentence_follows(rest: str) -> bool:
+    """Whether ``rest``, the text after a month, day or "no." abbreviation's dot, opens a
+    new sentence: a space, then a capitalised word that does not continue a date, and is
+    no code ("Policy No. AB12").  A word still arriving that could grow into a month or
+    day ("M", "Tu") is not yet one."""
+    m = re.match(r" +(\S+)", rest)
+    if m is None or not m.group(1)[:1].isupper():
+        return False  # "Tue.,", "Mar. 3rd", "no. of", or nothing yet
+    word = m.group(1)
+    bare = word.rstrip(".,;:!?…" + _CLOSERS)
+    if any(c.isdigit() for c in bare) or (len(bare) > 1 and bare.isupper()):
+        return False
+    bare = bare.lower()
+    if bare in _CALENDAR_WORDS:
+        return False
+    complete = m.end() < len(rest) or len(bare) != len(word)
+    return complete or not any(name.startswith(bare) for name in _CALENDAR_WORDS)
 
 
 def _first_boundary(buf: str, *, clauses: bool, final: bool, limit: int) -> int | None:

@@ -174,6 +174,136 @@ def test_ordinals_money_times_and_dates() -> None:
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- ordinary prose left alone
+# Regressions from a review: each rule once rewrote ordinary prose that only looked like
+# phone content.
+
+
+def test_month_and_day_abbreviations_are_expanded_only_in_dates() -> None:
+    check(
+        [
+            # A name or a word, then a sentence end: left alone, dot and all.
+            ("I spoke with Jan. She said hello.", "I spoke with Jan. She said hello."),
+            ("We sat in the Sun. It was warm.", "We sat in the Sun. It was warm."),
+            ("Sun, it was warm", "Sun, it was warm"),
+            # Dates: a day number, a year, a month, a date or a time follows.
+            ("Mar. 3rd", "March third"),
+            ("Mar. 3", "March third"),
+            ("Jan. 2026", "January 2026"),
+            ("the 5th of Mar.", "the fifth of March."),
+            ("Tue., Mar. 3rd", "Tuesday, March third"),
+            ("Tue. 3/5", "Tuesday 3/5"),
+            ("Sun, Mar 3", "Sunday, March third"),
+            ("It was Wed. afternoon", "It was Wednesday afternoon"),
+            ("See you on Sat. Bye.", "See you on Saturday. Bye."),
+            ("Sat. and Sun. work.", "Saturday and Sunday work."),
+            ("Open Mon-Fri", "Open Monday-Friday"),
+            ("We're closed Sun.", "We're closed Sunday."),
+            ("I can book you for Mon. at 3 PM.", "I can book you for Monday at three p.m."),
+            ("and Sun. 10 to 2", "and Sunday 10 to 2"),
+            ("in Mar. we go", "in March we go"),
+            ("call back in Jan. or Mar.", "call back in January or March."),
+            # Abbreviations that are no word ("Tue.", "Feb."; misaki has no reading for
+            # them, or the verb's: "Sat.", "Wed.") are expanded anywhere, keeping a dot
+            # that ends the sentence.
+            ("See you Tue. Bye.", "See you Tuesday. Bye."),
+            ("See you Sat. Bye.", "See you Saturday. Bye."),
+            ("She was born in Feb. Her sister too.", "She was born in February. Her sister too."),
+            ("in Feb. we go", "in February we go"),
+        ]
+    )
+
+
+def test_no_is_a_number_sign_only_when_clearly_one() -> None:
+    check(
+        [
+            # Not "number 5"; and since misaki would read "no. 5" as "number five" too,
+            # after "is no." the number opens the next sentence as a word.
+            ("The answer is no. 5 people came.", "The answer is no. Five people came."),
+            ("No. 5 is fine.", "No. 5 is fine."),  # an answer opening the sentence
+            ("no. 5", "no. 5"),
+            ("Chanel no. 5", "Chanel no. 5"),  # unsure: left to misaki
+            ("room no. 5", "room number 5"),
+            ("apartment no. 12", "apartment number 12"),
+            ("Order No. 5", "Order number 5"),  # capitalised mid-sentence
+            ("#5", "number 5"),
+        ]
+    )
+
+
+def test_money_takes_only_whole_cents() -> None:
+    check(
+        [
+            ("$3.999", "$3.999"),  # was "three dollars and ninety nine cents9"
+            ("$3.9 each", "$3.9 each"),
+            ("$1,200.505", "$1,200.505"),
+            ("$3.99 and $4.999", "three dollars and ninety nine cents and $4.999"),
+            ("$5.00.", "five dollars."),
+            ("$1.25 million", "one point two five million dollars"),  # a scale takes any
+        ]
+    )
+
+
+def test_code_keywords_need_an_identifier_after_them() -> None:
+    check(
+        [
+            # Ordinary prose: the keyword is a word, the number a quantity.
+            ("in case 100 people come", "in case 100 people come"),
+            ("just in case 3 of us", "just in case 3 of us"),
+            ("In this case 12345 people", "In this case 12345 people"),
+            ("policy 2 weeks", "policy 2 weeks"),
+            ("booking 100 rooms", "booking 100 rooms"),
+            ("You can claim 500 points.", "You can claim 500 points."),
+            ("claim 25000 dollars", "claim 25000 dollars"),
+            ("the claim is 100% covered", "the claim is one hundred percent covered"),
+            ("member 10 years", "member 10 years"),
+            ("pin 12", "pin 12"),
+            ("Your claim is APPROVED.", "Your claim is APPROVED."),  # a word, in capitals
+            ("in case NASA calls", "in case NASA calls"),
+            ("ticket 5pm", "ticket five p.m."),  # a time, not a code
+            # Identifiers: letters and digits, 5+ digits, or after "number", "#", ":".
+            ("case 12345", "case one two three four five"),
+            ("claim number 123", "claim number one two three"),
+            ("case #100", "case #one zero zero"),
+            ("member ID 4521", "member ID four five two one"),
+            ("Your PIN is 1234.", "Your PIN is one two three four."),  # a PIN: 4 digits
+            ("Your code is 4821.", "Your code is four eight two one."),  # only ever a code
+            ("The shop was lost at 3:30", "The shop was lost at three thirty"),  # no ratio
+            ("policy AB1234", "policy A. B one two three four"),
+            ("booking reference QXRTZP", "booking reference Q X R T Z P"),
+        ]
+    )
+
+
+def test_phone_numbers_need_a_phone_shape() -> None:
+    check(
+        [
+            ("pages 100-2000", "pages 100-2000"),  # no exchange starts with 1
+            ("call 500-1000 people", "call 500-1000 people"),  # round: a range
+            ("between 200-5000 people", "between 200-5000 people"),
+            ("+5 10 20", "+5 10 20"),  # too few digits for an international number
+            ("Call 555-1000.", "Call five five five, one zero zero zero."),
+            ("Call 555-0199.", "Call five five five, zero one nine nine."),
+        ]
+    )
+
+
+def test_ratios_are_not_times() -> None:
+    # "1:10" fits a clock (ten past one), so it is a time unless a ratio word is next to
+    # it; then it is said as a person says a ratio.
+    check(
+        [
+            ("ratio 1:10", "ratio one to ten"),
+            ("a ratio of 1:10", "a ratio of one to ten"),
+            ("3:1 odds", "three to one odds"),
+            ("a 1:25 scale model", "a one to twenty five scale model"),
+            ("at 1:10", "at one ten"),
+            ("at 13:30 PM", "at 13:30 PM"),  # no clock reads so: left to misaki
+            ("at 12:30 AM", "at twelve thirty a.m."),
+        ]
+    )
+
+
 PLAIN = [
     "Hello there, how are you today?",
     "Thanks for calling Acme Dental. This is Sarah; how can I help?",
@@ -183,6 +313,9 @@ PLAIN = [
     "",
     "I have 3 kids and 12 dogs.",
     "No. That won't work.",
+    "I spoke with Jan. She said hello.",
+    "We sat in the Sun. It was warm.",
+    "in case 100 people come",
 ]
 
 
@@ -207,6 +340,15 @@ def test_normalize_is_fast() -> None:
 # Fragments of phone content, for properties that arbitrary text rarely reaches.
 FRAGMENTS = [
     "Call",
+    "Jan.",
+    "Sun.",
+    "She",
+    "no. 5",
+    "case 100",
+    "$3.999",
+    "100-2000",
+    "ratio 1:10",
+    "2026-03-05",
     "555-0199",
     "(415) 555-0199",
     "+1 415 555 0199",
@@ -314,6 +456,22 @@ def test_lexicon_matches_case_insensitively_on_word_boundaries(tmp_path: Path) -
     assert Lexicon().apply("Nguyen") == "Nguyen"
 
 
+def test_lexicon_leaves_words_inside_addresses_and_compounds_alone() -> None:
+    # misaki gives a link's phonemes to the whole token around it: "[acme](...).xyz"
+    # would lose ".xyz", and "[nguyen](...)@example.com" the whole address.
+    lex = Lexicon({"acme": "ˈækmi", "nguyen": "wˈɪn"})
+    for text in (
+        "Visit acme.xyz today.",
+        "Mail nguyen@example.com now.",
+        "See example.com/acme now.",
+        "Ask for Smith-Nguyen.",
+        "Go to www.acme.com:8080 today.",
+    ):
+        assert lex.apply(text) == text
+    assert lex.apply("Acme. Then Nguyen: yes") == "[Acme](/ˈækmi/). Then [Nguyen](/wˈɪn/): yes"
+    assert lex.apply("nguyen at example dot com") == "[nguyen](/wˈɪn/) at example dot com"
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
@@ -366,3 +524,30 @@ def test_misaki_reads_the_lexicon_phonemes_through_the_link_syntax(
     assert by_word["Nguyen"] == "wˈɪn"
     assert by_word["Siobhan"] == "ʃəvˈɔn"
     assert by_word["Doctor"] == "dˈɑktəɹ"
+
+
+def test_misaki_still_speaks_the_rest_of_a_token_holding_a_lexicon_word(g2p: Any) -> None:
+    lex = Lexicon({"acme": "ˈækmi", "nguyen": "wˈɪn"})
+    # Phone text off: the address reaches misaki whole, and all of it is spoken.
+    _, tokens = g2p(lex.apply("Visit acme.xyz today."))
+    by_word = {t.text: t.phonemes for t in tokens}
+    assert by_word["acme.xyz"].startswith("ˈækmi")
+    assert "dˌɑt" in by_word["acme.xyz"]  # ".xyz" is still there ("dot ...")
+    _, tokens = g2p(lex.apply("Mail nguyen@example.com now."))
+    by_word = {t.text: t.phonemes for t in tokens}
+    assert "ɪɡzˈæmpəl" in by_word["nguyen@example.com"]  # "at example dot com"
+    assert "kˈɑm" in by_word["nguyen@example.com"]
+    assert by_word["now"] == "nˈW"
+    # Phone text on: the address is words first, and the lexicon names the name.
+    _, tokens = g2p(lex.apply(normalize("Mail nguyen@example.com now.")))
+    by_word = {t.text: t.phonemes for t in tokens}
+    assert by_word["nguyen"] == "wˈɪn"
+    assert by_word["example"] == "ɪɡzˈæmpəl"
+
+
+def test_misaki_reads_no_as_the_word_where_normalize_says_it_is(g2p: Any) -> None:
+    # misaki alone reads "is no. 5" as "number five"; normalize's "is no. Five" is "no".
+    _, tokens = g2p("The answer is no. 5 people came.")
+    assert [t.phonemes for t in tokens if t.text.startswith("no")] == ["nˈʌmbəɹ"]
+    _, tokens = g2p(normalize("The answer is no. 5 people came."))
+    assert [t.phonemes for t in tokens if t.text.startswith("no")] == ["nˈO"]

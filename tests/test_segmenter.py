@@ -184,6 +184,8 @@ def test_take_cuts_at_the_load_it_is_given() -> None:
 # dot from its domain.
 PHONE_PHRASES = [
     "1234 W. Main St. Springfield",
+    "Jan. 2026",
+    "no. 5",
     "Dr. Smith",
     "St. Louis",
     "Tue., Mar. 3rd",
@@ -234,3 +236,57 @@ def test_comma_after_a_weekday_is_inside_the_date() -> None:
         "Bye!",
     ]
     assert segments("I sat, then left.", SegmenterConfig(growth=0)) == ["I sat,", "then left."]
+
+
+# A month, day or "no." abbreviation before a capitalised word that does not continue a
+# date ends the sentence; phonetext.normalize leaves that dot in place for misaki.
+SENTENCE_AFTER_ABBREVIATION = [
+    ("I spoke with Jan. She said hello.", ["I spoke with Jan.", "She said hello."]),
+    ("We sat in the Sun. It was warm.", ["We sat in the Sun.", "It was warm."]),
+    ("She was born in Feb. Her sister too.", ["She was born in Feb.", "Her sister too."]),
+    ("No. That won't work.", ["No.", "That won't work."]),
+    ("I sat. Then I left.", ["I sat.", "Then I left."]),
+    # Inside a date, a number or a code: one sentence.
+    ("See you Mar. 3rd at noon. Bye!", ["See you Mar. 3rd at noon.", "Bye!"]),
+    ("See you Tue. Mar. 3rd at noon. Bye!", ["See you Tue. Mar. 3rd at noon.", "Bye!"]),
+    ("It was Jan. 2026 then. Okay.", ["It was Jan. 2026 then.", "Okay."]),
+    ("The answer is no. 5 people came.", ["The answer is no. 5 people came."]),
+    ("Go to room no. 5 now. Thanks.", ["Go to room no. 5 now.", "Thanks."]),
+    ("Your policy No. AB12 is active. Thanks.", ["Your policy No. AB12 is active.", "Thanks."]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SENTENCE_AFTER_ABBREVIATION)
+def test_month_day_and_no_abbreviations_end_a_sentence_before_a_new_one(
+    text: str, expected: list[str]
+) -> None:
+    assert segments(text, SegmenterConfig(growth=0)) == expected
+    for step in (1, 2, 3, 5):  # streamed: a word still arriving ("M" -> "Mar.") waits
+        seg = Segmenter(SegmenterConfig(growth=0))
+        out = [s for i in range(0, len(text), step) for s in seg.push(text[i : i + step])]
+        assert out + seg.flush() == expected, step
+
+
+def test_frames_joined_after_a_month_abbreviation_keep_the_sentence_end() -> None:
+    seg = Segmenter(SegmenterConfig(growth=0))
+    for text in ("I spoke with Jan.", "She said hello."):
+        seg.append(text)
+    assert list(iter(seg.take, None)) == ["I spoke with Jan.", "She said hello."]
+
+
+def test_comma_after_a_weekday_outside_a_date_is_a_clause_mark() -> None:
+    assert segments("We sat in the Sun, it was warm.", SegmenterConfig(growth=0)) == [
+        "We sat in the Sun,",
+        "it was warm.",
+    ]
+
+
+def test_word_breaks_after_month_and_day_abbreviations() -> None:
+    from kokoro_service.segmenter import _breakable
+
+    assert _breakable("Jan.", "She")  # a sentence end
+    assert not _breakable("Mar.", "3rd")  # a date
+    assert not _breakable("Tue.", "Mar.")
+    assert not _breakable("Tue.,", "Mar.")
+    assert not _breakable("Tue.", "M")  # may still grow into "Mar."
+    assert not _breakable("no.", "5")
