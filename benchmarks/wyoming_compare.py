@@ -946,7 +946,17 @@ def table(res: dict[str, Any]) -> str:
     host = res.get("host", {})
     rounds = res.get("settings", {}).get("repeats")
     ready = (res.get("ours") or {}).get("ready") or {}
-    ours = f"; ours: {ready.get('precision')}, RTF {ready.get('rtf')}" if ready else ""
+    # The warm-up's RTF is not shown: it is one start-up's figure, not this run's.
+    ours = f"; ours: {ready.get('precision')}" if ready else ""
+    rows = [
+        r
+        for block in ((res.get("results") or {}).get("texts") or {}).values()
+        for s in block["paths"].values()
+        for r in s.get("samples", [])
+    ]
+    busiest = max((r.get("foreign_cpu_pct") or 0.0 for r in rows), default=None)
+    if busiest is not None:
+        ours += f"; other processes at most {busiest:.1f}% CPU during a request"
     lines = [
         f"{host.get('cpu_model', '?')} ({host.get('cpu_count', '?')} CPUs) @ "
         f"{str(host.get('git_commit') or '?')[:7]}; {rounds} rounds{ours}",
