@@ -12,12 +12,12 @@ Responsibilities:
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import soxr
 from numpy.typing import NDArray
 
 WHISPER_SAMPLE_RATE = 16000
@@ -70,11 +70,28 @@ def _model() -> Any:
 def resample(
     audio: NDArray[Any], sample_rate: int, target: int = WHISPER_SAMPLE_RATE
 ) -> NDArray[np.float32]:
-    """Resample mono audio to ``target`` with soxr (the daemon's own resampler)."""
-    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    """Resample mono audio with a windowed-sinc polyphase filter (numpy only)."""
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
     if sample_rate == target or x.size == 0:
-        return x
-    return np.asarray(soxr.resample(x, sample_rate, target, quality="HQ"), dtype=np.float32)
+        return x.astype(np.float32)
+    g = math.gcd(sample_rate, target)
+    up, down = target // g, sample_rate // g
+    if up * down > 4096:
+        # Large ratios would need a huge zero-stuffed signal; linear interpolation after a
+        # crude moving-average anti-alias is plenty for ASR.
+        width = max(1, round(sample_rate / target))
+        smooth = np.convolve(x, np.ones(width) / width, mode="same")
+        t_out = np.arange(int(x.size * target / sample_rate)) / target
+        return np.interp(t_out, np.arange(x.size) / sample_rate, smooth).astype(np.float32)
+    # Low-pass at the lower Nyquist of the two rates, on the up-sampled grid.
+    cutoff = 0.5 / max(up, down)
+    half = 16 * max(up, down)
+    n = np.arange(-half, half + 1)
+    taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(n.size, 8.0) * up
+    stuffed = np.zeros(x.size * up)
+    stuffed[::up] = x
+    filtered = np.convolve(stuffed, taps, mode="same")
+    return filtered[::down].astype(np.float32)
 
 
 def _segments(audio: NDArray[Any], sample_rate: int, *, word_timestamps: bool) -> list[Any]:
