@@ -176,14 +176,18 @@ class _Request:
         self.relay = relay
         self.max_text = max_text
 
-    def text(self, text: str) -> None:
+    async def text(self, text: str) -> None:
+        """Send ``text`` as TEXT frames, waiting while the daemon's side is full, so a
+        client streaming faster than it is read cannot grow this server's buffers."""
         # A Wyoming text may be longer than one TEXT frame: pieces of max_text / 4
         # characters always fit (UTF-8 takes at most 4 bytes a character), and the
         # segmenter joins them again.
         fits = len(text.encode("utf-8")) <= self.max_text
         step = len(text) if fits else max(1, self.max_text // 4)
-        for i in range(0, len(text), max(1, step)):
+        for i in range(0, len(text), step):
             self.writer.write(encode_text(text[i : i + step], self.max_text))
+            with contextlib.suppress(ConnectionError):
+                await self.writer.drain()
 
     async def finish(self) -> None:
         """BYE, then wait for the call's audio to be relayed, END included."""
@@ -269,7 +273,7 @@ class WyomingHandler(AsyncEventHandler):
             text = _text(event)
             request = await self._open(_voice(event))
             if request is not None:
-                request.text(text)
+                await request.text(text)
                 await self._finish(request)
         elif SynthesizeStart.is_type(event.type):
             voice = _voice(event)
@@ -279,7 +283,7 @@ class WyomingHandler(AsyncEventHandler):
         elif SynthesizeChunk.is_type(event.type):
             text = _text(event)
             if self._streaming is not None:
-                self._streaming.text(text)
+                await self._streaming.text(text)
         elif SynthesizeStop.is_type(event.type):
             request, self._streaming = self._streaming, None
             if request is not None:
