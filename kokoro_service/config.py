@@ -137,8 +137,8 @@ class Settings:
     )
     phone_text: bool = knob(
         True,
-        "English: say phone numbers, codes, addresses, e-mail, URLs, dates, times and money "
-        "as a person reads them out, before G2P.",
+        "American English: say phone numbers, codes, addresses, e-mail, URLs, dates, times and "
+        "money as a person reads them out, before G2P.",
     )
     lexicon: Path | None = knob(
         None,
