@@ -32,10 +32,12 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError
+from .ratelimit import RateLimitedLog
 
 __all__ = ["Lexicon", "normalize", "warm_up"]
 
 log = logging.getLogger(__name__)
+_failures = RateLimitedLog(log)
 
 # --------------------------------------------------------------------------- number words
 
@@ -936,8 +938,15 @@ def normalize(text: str) -> str:
     """
     try:
         return _normalize(text)
-    except Exception:  # a bug in a rule must not cost the caller its audio
-        log.exception("phone-text normalisation failed; speaking the text as given")
+    except Exception as exc:  # a bug in a rule must not cost the caller its audio
+        # Rate-limited: a rule that fails on every segment must not flood the log.
+        _failures.warning(
+            "normalize",
+            "phone-text normalisation failed (%s: %s) on %r; speaking the text as given",
+            type(exc).__name__,
+            exc,
+            text[:80],
+        )
         return text
 
 
