@@ -27,7 +27,6 @@ Prints the result JSON on stdout and writes it to ``--out``; progress goes to st
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import functools
 import heapq
 import importlib.metadata
@@ -35,12 +34,10 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,9 +56,7 @@ from benchmarks.callers import TEXT_THREE, WER_SENTENCES, Call, playback, token_
 from benchmarks.harness import (  # noqa: E402
     Daemon,
     Guard,
-    cpu_flags,
-    cpu_model,
-    git_commit,
+    host_facts,
     log,
     rounded,
     strict_json,
@@ -663,30 +658,13 @@ def _raise_fd_limit(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
-def host_facts(device: str) -> dict[str, Any]:
+def density_host_facts(device: str) -> dict[str, Any]:
+    """The harness's host facts, with torch's version and the GPU this run used."""
     try:
         torch_version: str | None = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = None
-    try:
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.splitlines()
-    except OSError:
-        dirty = []
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch_version,
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "cpu_count": os.cpu_count(),
-        "gpu": gpu_info(device),
-        "git_commit": git_commit(),
-        "git_dirty_files": [ln for ln in dirty if ln],
-        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
+    return {**host_facts(), "torch": torch_version, "gpu": gpu_info(device)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -703,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": shlex.join(
             [sys.executable, *sys.argv] if argv is None else ["benchmarks/density.py", *argv]
         ),
-        "host": host_facts(ns.device),
+        "host": density_host_facts(ns.device),
         "settings": {
             "ns": nlist,
             "modes": modes,

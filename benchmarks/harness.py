@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as _dt
 import json
 import math
 import os
+import platform
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -85,6 +88,28 @@ def strict_json(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def host_facts() -> dict[str, Any]:
+    """What a result must record of the machine and the tree: results compare across
+    hosts only as ratios, and a dirty tree is not the commit it names."""
+    try:
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.splitlines()
+    except OSError:
+        dirty = []
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+        "git_dirty_files": [ln for ln in dirty if ln],
+        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def cpu_model() -> str:

@@ -71,7 +71,6 @@ import importlib.metadata
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -109,9 +108,7 @@ from benchmarks.harness import (  # noqa: E402
     RESULTS_DIR,
     CpuMeter,
     Daemon,
-    cpu_flags,
-    cpu_model,
-    git_commit,
+    host_facts,
     log,
     rounded,
     serve_settings,
@@ -975,26 +972,6 @@ def table(res: dict[str, Any]) -> str:
         verdict = {True: "PASS", False: "FAIL", None: "-"}[t["pass"]]
         lines.append(f"\n{t['target']}: {t['measured']} (paired {t['paired_median']}) {verdict}")
     return "\n".join(lines)
-
-
-def host_facts() -> dict[str, Any]:
-    try:
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.splitlines()
-    except OSError:
-        dirty = []
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "cpu_count": os.cpu_count(),
-        "git_commit": git_commit(),
-        "git_dirty_files": [ln for ln in dirty if ln],
-        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
 
 
 def default_out() -> Path:
