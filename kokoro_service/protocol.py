@@ -256,6 +256,11 @@ def audio_payload(samples: npt.NDArray[np.generic]) -> memoryview:
     return memoryview(arr.data).cast("B")
 
 
+def sample_width(samples: npt.NDArray[np.generic]) -> int:
+    """Bytes per sample of ``samples`` on the wire, as :func:`audio_payload` sends them."""
+    return 4 if np.issubdtype(samples.dtype, np.floating) else samples.dtype.itemsize
+
+
 def encode_audio(
     chunk_id: int,
     samples: npt.NDArray[np.generic] | bytes,
@@ -267,7 +272,7 @@ def encode_audio(
         payload = samples
     else:
         payload = audio_payload(samples).tobytes()
-        width = 4 if np.issubdtype(samples.dtype, np.floating) else samples.dtype.itemsize
+        width = sample_width(samples)
     return encode_audio_header(len(payload), chunk_id, sample_rate, width) + payload
 
 

@@ -26,6 +26,7 @@ from .protocol import (
     encode_audio_header,
     encode_hello,
     encode_words_header,
+    sample_width,
 )
 
 log = logging.getLogger("kokoro_service.writers")
@@ -206,7 +207,7 @@ class FrameWriter:
             self._send(sock, [memoryview(item.data)])
             return
         payload = audio_payload(item.samples)
-        width = 4 if np.issubdtype(item.samples.dtype, np.floating) else item.samples.itemsize
+        width = sample_width(item.samples)
         header = encode_audio_header(payload.nbytes, item.chunk_id, item.sample_rate, width)
         buffers = [memoryview(header), payload]
         if item.words is not None:  # one sendmsg: a WORDS frame never parts from its AUDIO
