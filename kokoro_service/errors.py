@@ -71,3 +71,11 @@ class WyomingInputError(KokoroServiceError):
 class WyomingRequestError(KokoroServiceError):
     """A well-formed Wyoming event with data that cannot be used: answered with an
     ``error`` event, and the connection goes on."""
+
+
+class TlsError(KokoroServiceError, OSError):
+    """A TLS handshake or record failed on a text or sink connection.
+
+    An ``OSError`` too, so the code that treats a broken socket as a lost peer treats a
+    broken TLS session the same way.
+    """
