@@ -19,10 +19,11 @@ only the thread to which the scheduler reports the call finished ends it.
 from __future__ import annotations
 
 import logging
-import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import numpy.typing as npt
@@ -31,17 +32,28 @@ from .config import Settings
 from .engine import Engine
 from .errors import VoiceError
 from .formats import SEED_FORMAT, AudioFormat, CallEncoder
+from .metrics import Metrics
 from .pacing import Pacing
 from .protocol import SAMPLE_RATE, Control, Word, words_body
 from .ratelimit import RateLimitedLog
 from .routing import CallRoute, Registry
 from .scheduler import CallWork, Scheduler, Segment
 from .segmenter import Segmenter
+from .writers import Conn
 
 log = logging.getLogger("kokoro_service.calls")
 
 # Reasons a call's input closes that are the normal course of things, logged at INFO.
 _ORDINARY_CLOSES = ("BYE", "closed without BYE", "daemon shutting down")
+
+
+class Refusal(Enum):
+    """Why a HELLO opened no call."""
+
+    BUSY = "busy"
+    """``--max-calls`` are active (PROTOCOL.md 5.3): answered with END, then closed."""
+    DUPLICATE = "duplicate_call_id"
+    """The call_id is in use by another connection: closed."""
 
 
 @dataclass(eq=False)
@@ -65,7 +77,12 @@ class Call:
     synth_seconds: float = 0.0
     audio_seconds: float = 0.0
     utterance_started: float = field(default_factory=time.monotonic)
+    text_at: float = field(default_factory=time.monotonic)
+    """When the reply now being spoken got its first TEXT: time to first audio counts
+    from here."""
     playback_start: float | None = None
+    heard_until: float | None = None
+    """When the listener will have played every frame handed over so far (stalls)."""
     drained: bool = True
     input_closed: bool = False
     end_reason: str = ""
@@ -78,7 +95,8 @@ class Call:
 class Calls:
     """Owns the call table and applies every call event.
 
-    Responsibilities: open a call (refusing a call_id in use) and give it a route; accept
+    Responsibilities: open a call (refusing a call_id in use, and any call beyond
+    ``max_calls``) and give it a route; accept
     its text within ``max_pending_chars`` and cut segments only when a worker needs one;
     apply CONTROL (voice, lang, speed, cancel, format, rate, words); deliver synthesized
     audio in order, in the call's format and with its words when asked; end the call
@@ -95,8 +113,15 @@ class Calls:
         registry: Registry,
         pacing: Pacing,
         g2p_ahead: bool = False,
+        metrics: Metrics | None = None,
+        max_calls: int | None = None,
+        sink_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.max_calls = max_calls
+        """Calls served at once (PROTOCOL.md 5.3); None: no limit."""
+        self.sink_tls = sink_tls
         self.g2p_ahead = g2p_ahead  # batched serving: G2P off the workers' path
         self.engine = engine
         self.voice = voice
@@ -110,6 +135,8 @@ class Calls:
         # A peer may repeat a refused TEXT or CONTROL frame without end: one line per call
         # and kind every few seconds, with a count of the rest.
         self._refusals = RateLimitedLog(log)
+        # One line every few seconds however fast refused callers retry.
+        self._busy = RateLimitedLog(log)
         self.opened = 0
         self.ended = 0
 
@@ -133,7 +160,7 @@ class Calls:
 
     # ------------------------------------------------------------------ connection events
 
-    def open(self, call_id: str, peer: str, conn: socket.socket) -> Call | None:
+    def open(self, call_id: str, peer: str, conn: Conn) -> Call | Refusal:
         """HELLO: a new call whose audio goes back on ``conn`` until a sink registers."""
         s = self.settings
         with self._lock:
@@ -145,7 +172,19 @@ class Calls:
                     call_id,
                     other.peer,
                 )
-                return None
+                self.metrics.refused(Refusal.DUPLICATE.value)
+                return Refusal.DUPLICATE
+            if self.max_calls is not None and len(self._calls) >= self.max_calls:
+                self._busy.warning(
+                    "busy",
+                    "busy: call refused call=%s peer=%s: %d calls active, max_calls=%d",
+                    call_id,
+                    peer,
+                    len(self._calls),
+                    self.max_calls,
+                )
+                self.metrics.refused(Refusal.BUSY.value)
+                return Refusal.BUSY
             route = CallRoute(
                 call_id,
                 peer,
@@ -155,8 +194,10 @@ class Calls:
                 write_timeout=s.write_timeout,
                 sink_attempts=s.sink_connect_attempts,
                 sink_backoff=s.sink_connect_backoff,
+                sink_tls=self.sink_tls,
                 on_progress=self.scheduler.notify,
                 on_dead=self.route_dead,
+                on_sink_failure=self.metrics.sink_failures.inc,
             )
             bound = s.queue_frames
             work = CallWork(call_id, has_room=lambda: route.has_room(bound))
@@ -174,6 +215,7 @@ class Calls:
             self._by_work[id(work)] = call
             self.opened += 1
             self.scheduler.add(work)
+        self.metrics.calls_started.inc()
         registered = call_id in self.registry
         log.info("call started call=%s peer=%s registered=%s", call_id, peer, registered)
         if registered:
@@ -200,6 +242,7 @@ class Calls:
                 return
             if call.drained and call.segmenter.pending_chars == 0:
                 call.segmenter.start_utterance()
+                call.text_at = time.monotonic()
             call.segmenter.append(text)
             self._refill(call)
 
@@ -368,6 +411,8 @@ class Calls:
             if chunk is None:
                 return None
             self.pacing.measure(len(seg.text), synth_seconds, audio_seconds)
+            self._heard(call, audio_seconds)
+            self.metrics.segment(synth_seconds, audio_seconds)
             call.segments += 1
             call.synth_seconds += synth_seconds
             call.audio_seconds += audio_seconds
@@ -375,6 +420,20 @@ class Calls:
                 call.playback_start = time.monotonic()
             self.scheduler.set_deadline(call.work, call.playback_start + call.audio_seconds)
             return chunk
+
+    def _heard(self, call: Call, audio_seconds: float) -> None:
+        """Follow the call's listener: first audio, and any silence before this frame.
+
+        The listener plays each frame from when it is handed over or when the previous
+        one ends, whichever is later; a frame handed over after the previous ones have
+        played out is a stall.  Caller holds ``call.lock``.
+        """
+        now = time.monotonic()
+        if call.heard_until is None:
+            self.metrics.ttfa.observe(now - call.text_at)
+        elif now > call.heard_until:
+            self.metrics.stalls.observe(now - call.heard_until)
+        call.heard_until = max(now, call.heard_until or now) + audio_seconds
 
     def segment_done(self, call: Call, seg: Segment) -> None:
         """A worker is done with ``seg``: cut the next segment, or finish the call."""
@@ -479,7 +538,7 @@ class Calls:
         if call.drained:
             call.drained = False
             call.utterance_started = time.monotonic()
-            call.playback_start = None
+            call.playback_start = call.heard_until = None
             self.scheduler.set_deadline(call.work, call.utterance_started)
         self.scheduler.submit(call.work, segs)
 
@@ -493,6 +552,8 @@ class Calls:
             self._ending.append(call)
             self.ended += 1
         self.scheduler.remove(call.work)
+        self.registry.touch(call.call_id)  # its registration's time to live starts now
+        self.metrics.call_ended(reason or call.end_reason)
         with call.lock:  # a worker's flush at the drain may not have run yet
             self._flush_format(call)
         call.route.end()

@@ -7,6 +7,7 @@ decodes the audio formats a call may ask for with :mod:`kokoro_service.formats`.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -77,11 +78,27 @@ class Reply:
 
 
 class Connection:
-    """One text connection to the daemon."""
+    """One text connection to the daemon, over TLS when given a client context
+    (PROTOCOL.md 5.5: the framing inside is the same)."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = 30.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 30.0,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=server_hostname or host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.decoder = AudioStreamDecoder()
         self.reply = Reply()
         self._text_sent = False
@@ -165,13 +182,14 @@ def speak(
     rate: int | None = None,
     words: bool | None = None,
     timeout: float = 120.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Reply:
     """HELLO, one CONTROL with the settings given (if any), every TEXT, BYE; return what
     came back."""
     settings = {"voice": voice, "speed": speed, "lang": lang, "format": format, "rate": rate}
     settings["words"] = words
     given = {k: v for k, v in settings.items() if v is not None}
-    with Connection(host, port, timeout=timeout) as conn:
+    with Connection(host, port, timeout=timeout, tls=tls) as conn:
         conn.hello(call_id)
         if given:
             conn.control(**given)

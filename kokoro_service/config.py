@@ -33,6 +33,8 @@ _DEVICE = re.compile(rf"\s*({'|'.join(DEVICES)})(:[0-9]+)?\s*", re.IGNORECASE)
 # How often blocked loops (readers, accept, registrar, idle workers) look at the stop flag
 # and their deadlines.
 TICK = 0.25
+# The share of the warm-up's capacity estimate that --max-calls admits by default.
+ADMISSION_HEADROOM = 0.75
 
 
 def default_cache_dir() -> Path:
@@ -119,6 +121,16 @@ class Settings:
         hi=65535,
         shown="off",
     )
+    metrics_port: int | None = knob(
+        None,
+        "HTTP port for /metrics (Prometheus), /healthz and /readyz (0: any free port).",
+        lo=0,
+        hi=65535,
+        shown="off",
+    )
+    metrics_host: str = knob(
+        "127.0.0.1", "Address the HTTP port binds; its clients must be in --allow too."
+    )
     sink_host: str = knob(
         "127.0.0.1", "Host of the audio processors (never taken from a datagram)."
     )
@@ -195,6 +207,15 @@ class Settings:
     max_connections: int = knob(
         256, "Text connections served at once; more are refused.", lo=1, hi=100_000
     )
+    max_calls: int | None = knob(
+        None,
+        "Calls served at once; a HELLO beyond it is answered with END at once (busy), "
+        "so a dispatcher can try another instance. 0: no limit.",
+        lo=0,
+        hi=100_000,
+        shown="3/4 of the capacity the warm-up measures, rounded down, at least 1 "
+        "(no limit without the warm-up)",
+    )
     max_pending_chars: int = knob(
         200_000, "Unspoken text held per call; TEXT beyond it is refused.", lo=1
     )
@@ -218,6 +239,12 @@ class Settings:
     max_registrations: int = knob(
         10_000, "UDP registrations remembered; beyond it the oldest is forgotten.", lo=1
     )
+    registration_ttl: float = knob(
+        600.0,
+        "Seconds a registration is kept for a call this instance never sees (a fleet's "
+        "processors register with every instance); 0: until BYE.",
+        lo=0.0,
+    )
     sink_connect_attempts: int = knob(
         4,
         "Tries to reach an audio processor before its audio goes back on the text connection.",
@@ -235,6 +262,20 @@ class Settings:
         lambda: parse_networks(",".join(LOOPBACK_ONLY)),
         "Comma-separated CIDRs of TCP peers and UDP registrars that are served.",
         shown=",".join(LOOPBACK_ONLY),
+    )
+    tls_cert: Path | None = knob(
+        None,
+        "PEM certificate (chain) of this instance: the text port then speaks TLS only, "
+        "and the instance presents it to the audio processors it dials over TLS.",
+    )
+    tls_key: Path | None = knob(None, "PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = knob(
+        None, "PEM CA bundle: text clients must present a certificate it signed (mutual TLS)."
+    )
+    tls_sink_ca: Path | None = knob(
+        None,
+        "PEM CA bundle that audio processors' certificates must chain to.",
+        shown="--tls-client-ca, else the system's trust store",
     )
     warmup: bool = knob(True, "Synthesize before accepting connections (the start-up self-test).")
     ready_file: Path | None = knob(
@@ -268,6 +309,11 @@ class Settings:
             raise ConfigError(
                 f"{self.device!r} is not one of auto, cpu, cuda, cuda:N, mps", "device"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together", "tls_key")
+        for name in ("tls_client_ca", "tls_sink_ca"):
+            if getattr(self, name) is not None and self.tls_cert is None:
+                raise ConfigError("needs --tls-cert and --tls-key", name)
         if not self.lang.strip():
             raise ConfigError("must not be empty", "lang")
         try:
@@ -290,6 +336,24 @@ class Settings:
         if self.max_batch is not None:
             return self.max_batch
         return 64 if device.strip().lower().startswith("cuda") else 1
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def admission_limit(self, capacity: float | None) -> int | None:
+        """``--max-calls``, or its default from the warm-up's capacity; None: no limit.
+
+        The default keeps a quarter in hand: the warm-up's workers/RTF assumes every
+        segment is as efficient as its own, while real replies start with short first
+        clauses, and the density benchmark saw its first stall at 3 calls on a host it
+        estimated at 3.97 (benchmarks/results/vm-2026-11-27-density-cpu.json).
+        """
+        if self.max_calls is not None:
+            return self.max_calls or None
+        if capacity is None:
+            return None
+        return max(1, math.floor(capacity * ADMISSION_HEADROOM))
 
     def peer_allowed(self, address: str) -> bool:
         try:

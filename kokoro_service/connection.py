@@ -13,34 +13,41 @@ import socket
 import threading
 import time
 
-from .calls import Call, Calls
+from .calls import Call, Calls, Refusal
 from .config import TICK, Settings
-from .errors import ProtocolError
-from .protocol import Bye, Control, Hello, Keepalive, Text, TextStreamDecoder
+from .errors import ProtocolError, TlsError
+from .protocol import END_FRAME, Bye, Control, Hello, Keepalive, Text, TextStreamDecoder
+from .ratelimit import RateLimitedLog
+from .writers import Conn
 
 log = logging.getLogger("kokoro_service.connection")
 
 _LINGER = 2.0  # after END, how long to wait for the peer's close before closing ourselves
+# The first bytes of a TLS handshake record; no HELLO starts with them (its length <= 1024).
+_TLS_RECORD = b"\x16\x03"
 
 
 class TextConnection:
     """Reads one peer's frames and drives its call.
 
-    Responsibilities: HELLO opens the call; TEXT, CONTROL and KEEPALIVE go to it; BYE, a
-    close, a protocol error, a timeout (HELLO, frame, idle) or shutdown closes its input
-    with a reason; text left without a sentence end is flushed after ``flush_timeout`` of
-    quiet; after the last frame, the socket lingers until the peer has read its END.
+    Responsibilities: finish a TLS handshake within ``hello_timeout``; HELLO opens the
+    call, or is answered with END when the instance is full; TEXT, CONTROL and KEEPALIVE
+    go to it; BYE, a close, a protocol error, a timeout (HELLO, frame, idle) or shutdown
+    closes its input with a reason; text left without a sentence end is flushed after
+    ``flush_timeout`` of quiet; after the last frame, the socket lingers until the peer
+    has read its END.
     """
 
     def __init__(
         self,
-        conn: socket.socket,
+        conn: Conn,
         peer: str,
         *,
         settings: Settings,
         calls: Calls,
         stopping: threading.Event,
         stopped: threading.Event,
+        noise: RateLimitedLog | None = None,
     ) -> None:
         self.conn = conn
         self.peer = peer
@@ -48,25 +55,77 @@ class TextConnection:
         self.calls = calls
         self._stopping = stopping
         self._stopped = stopped
+        self._noise = noise if noise is not None else RateLimitedLog(log)
         self.call: Call | None = None
 
     def serve(self) -> None:
         reason = ""
         try:
+            if not self._handshake():
+                return  # logged and closed there
             reason = self._read()
         except Exception:
             log.exception("reader crashed peer=%s call=%s", self.peer, self._call_id)
             reason = "internal error"
         finally:
-            if self.call is None:
+            if self.call is not None:
+                self.calls.close_input(self.call, reason)
+                self._linger(self.call)
+            elif reason == "busy":  # logged where the call was refused
+                self._refuse_busy()
+            else:
                 # A protocol error was logged where it happened; a refusal too.
                 if reason and reason != "call refused" and not reason.startswith("protocol"):
                     level = logging.INFO if reason.startswith("closed") else logging.WARNING
                     log.log(level, "connection closed peer=%s before a call: %s", self.peer, reason)
                 close_quietly(self.conn)
-            else:
-                self.calls.close_input(self.call, reason)
-                self._linger(self.call)
+
+    def _handshake(self) -> bool:
+        """TLS only: finish the handshake, or log why not and close."""
+        handshake = getattr(self.conn, "handshake", None)
+        if handshake is None:
+            return True
+        try:
+            handshake(self.settings.hello_timeout)
+        except TlsError as exc:
+            # A port scanner or a misconfigured client can do this in a loop.
+            self._noise.warning(
+                f"tls:{self.peer.rsplit(':', 1)[0]}",
+                "connection refused peer=%s: TLS handshake failed: %s",
+                self.peer,
+                exc,
+            )
+            self.calls.metrics.refused("tls")
+            close_quietly(self.conn)
+            return False
+        return True
+
+    def _refuse_busy(self) -> None:
+        """The instance is full (PROTOCOL.md 5.3): END at once, then close.
+
+        The peer may already have sent TEXT after its HELLO; it is read and dropped until
+        the peer closes (or a short while), since closing with unread input would reset
+        the connection and could destroy the END before the peer reads it.
+        """
+        conn = self.conn
+        try:
+            conn.settimeout(self.settings.write_timeout)
+            view = memoryview(END_FRAME)
+            while view.nbytes:
+                view = view[conn.sendmsg([view]) :]
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(TICK)
+            deadline = time.monotonic() + _LINGER
+            while time.monotonic() < deadline and not self._stopped.is_set():
+                try:
+                    if not conn.recv(65536):
+                        break
+                except TimeoutError:
+                    continue
+        except OSError as exc:
+            log.debug("busy END not delivered peer=%s: %s", self.peer, exc)
+        finally:
+            close_quietly(conn)
 
     @property
     def _call_id(self) -> str:
@@ -80,6 +139,7 @@ class TextConnection:
         decoder = TextStreamDecoder(s.max_text_bytes)
         opened = last_frame = time.monotonic()
         frame_started: float | None = None
+        head = b""
         log.debug("connection opened peer=%s", self.peer)
         while True:
             now = time.monotonic()
@@ -106,6 +166,8 @@ class TextConnection:
                 return f"read failed: {exc.strerror or exc}"
             if not data:
                 return "closed mid-frame" if decoder.mid_frame else "closed without BYE"
+            if len(head) < len(_TLS_RECORD):
+                head += data[: len(_TLS_RECORD)]
             got_frame = False
             try:
                 for frame in decoder.frames(data):
@@ -115,6 +177,14 @@ class TextConnection:
                     if reason:
                         return reason
             except ProtocolError as exc:
+                if self.call is None and head.startswith(_TLS_RECORD):
+                    self._noise.warning(
+                        f"plain:{self.peer.rsplit(':', 1)[0]}",
+                        "connection refused peer=%s: it began a TLS handshake, but this "
+                        "port is plaintext (no --tls-cert)",
+                        self.peer,
+                    )
+                    return "protocol error: TLS on the plaintext port"
                 log.warning(
                     "bad input peer=%s call=%s: %s; closing after owed audio",
                     self.peer,
@@ -130,8 +200,13 @@ class TextConnection:
     def _event(self, frame: object) -> str:
         """Apply one frame; return a reason when the call's input ends with it."""
         if isinstance(frame, Hello):
-            self.call = self.calls.open(frame.call_id, self.peer, self.conn)
-            return "call refused" if self.call is None else ""
+            opened = self.calls.open(frame.call_id, self.peer, self.conn)
+            if opened is Refusal.BUSY:
+                return "busy"
+            if isinstance(opened, Refusal):
+                return "call refused"
+            self.call = opened
+            return ""
         call = self.call
         if call is None:  # pragma: no cover - the decoder yields HELLO first or raises
             raise ProtocolError("frame before HELLO")
@@ -172,6 +247,6 @@ class TextConnection:
         close_quietly(conn)
 
 
-def close_quietly(conn: socket.socket) -> None:
+def close_quietly(conn: Conn) -> None:
     with contextlib.suppress(OSError):
         conn.close()

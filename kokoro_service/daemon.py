@@ -1,8 +1,9 @@
 """The daemon's lifecycle: start-up, serving until a signal, shutdown, exit code.
 
-``run(settings)`` picks the device, loads the model and warms it up off the main thread,
-starts the :class:`~kokoro_service.server.Server`, says it is ready (:mod:`.readiness`),
-waits for SIGTERM or SIGINT, drains, and returns the exit code.
+``run(settings)`` opens the HTTP port (metrics and health) when asked, picks the device,
+loads the model and warms it up off the main thread, starts the
+:class:`~kokoro_service.server.Server`, says it is ready (:mod:`.readiness`), waits for
+SIGTERM or SIGINT, drains, and returns the exit code.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from . import phonetext
 from .config import Settings
 from .engine import Engine, PrecisionCheck, WarmUp, bf16_unavailable, probe_devices, select_device
 from .errors import KokoroServiceError, StartupError, VoiceError
+from .metrics import Metrics
 from .models.sources import resolve_source
-from .readiness import Readiness
+from .readiness import Lifecycle, Readiness
 from .server import Server
 from .voices import choose_voice
+from .web.app import create_app
+from .web.server import HttpServer
 
 log = logging.getLogger("kokoro_service.daemon")
 
@@ -182,18 +186,63 @@ def run(settings: Settings) -> int:
     """Load the engine, serve until SIGTERM/SIGINT, drain, and return the exit code."""
     readiness = Readiness(settings.ready_file)
     readiness.withdraw_stale()  # a file left by a killed run must not read as ready
+    metrics, lifecycle = Metrics(), Lifecycle()
+    metrics.live.lifecycle = lifecycle
+    http = None
     try:
+        if settings.metrics_port is not None:
+            # Up before the model loads: a liveness probe passes while /readyz says why
+            # the instance is not ready yet.
+            app = create_app(metrics, lifecycle, settings.peer_allowed)
+            http = HttpServer(app, settings.metrics_host, settings.metrics_port)
+            http.start()
         loaded = load_off_main_thread(settings)
-        server = Server(settings, loaded.engine, voice=loaded.voice)
+        server = Server(
+            settings,
+            loaded.engine,
+            voice=loaded.voice,
+            capacity=loaded.calls_in_real_time,
+            metrics=metrics,
+        )
         server.start()
     except KokoroServiceError as exc:  # StartupError, ConfigError, VoiceError ...
         log.error("start-up failed: %s", exc)
+        if http is not None:
+            http.stop()
         return EXIT_STARTUP
+    code = EXIT_ERROR
+    try:
+        code = _serve(settings, readiness, server, loaded, lifecycle, metrics, http)
+    finally:
+        if http is not None and code != EXIT_FORCED:  # a forced exit waits for nothing
+            http.stop()
+    return code
+
+
+def _serve(
+    settings: Settings,
+    readiness: Readiness,
+    server: Server,
+    loaded: Loaded,
+    lifecycle: Lifecycle,
+    metrics: Metrics,
+    http: HttpServer | None,
+) -> int:
+    """Serve until a signal, then drain; the exit code."""
+    engine = loaded.engine
+    metrics.describe(
+        model_source=engine.source.kind,
+        device=engine.device,
+        precision=engine.precision,
+        max_batch=server.max_batch,
+        voice=loaded.voice,
+    )
+    lifecycle.serving(server, loaded.calls_in_real_time)
 
     signals = _Signals()
     previous = {sig: signal.signal(sig, signals.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        readiness.ready(_ready_info(settings, server, loaded), status=_status(server, loaded))
+        readiness.ready(_ready_info(settings, server, loaded, http), status=_status(server, loaded))
         watchdog = readiness.watchdog_interval
         tick = min(_MAIN_LOOP_TICK, watchdog) if watchdog else _MAIN_LOOP_TICK
         pinged = time.monotonic()
@@ -204,6 +253,7 @@ def run(settings: Settings) -> int:
                 readiness.ping()
                 pinged = time.monotonic()
         log.info("stopping: draining for up to %.0fs", settings.drain_timeout)
+        lifecycle.drain()
         readiness.stopping(f"draining {server.active_calls} call(s)")
         stopper = threading.Thread(target=server.stop, name="stopper", daemon=True)
         stopper.start()
@@ -219,18 +269,22 @@ def run(settings: Settings) -> int:
     return EXIT_ERROR if server.thread_error is not None else EXIT_OK
 
 
-def _ready_info(settings: Settings, server: Server, loaded: Loaded) -> dict[str, object]:
+def _ready_info(
+    settings: Settings, server: Server, loaded: Loaded, http: HttpServer | None
+) -> dict[str, object]:
     tcp_host, tcp_port = server.tcp_address
     udp_host, udp_port = server.udp_address
     return {
         "pid": os.getpid(),
-        "tcp": {"host": tcp_host, "port": tcp_port},
+        "tcp": {"host": tcp_host, "port": tcp_port, "tls": settings.tls},
         "udp": {"host": udp_host, "port": udp_port},
         "device": loaded.engine.device,
         "voice": loaded.voice,
         "model_source": loaded.engine.source.kind,
         "workers": settings.workers,
         "max_batch": server.max_batch,
+        "http": None if http is None else dict(zip(("host", "port"), http.address, strict=True)),
+        "max_calls": server.calls.max_calls,
         "wyoming": (
             None
             if server.wyoming is None
@@ -252,4 +306,6 @@ def _status(server: Server, loaded: Loaded) -> str:
     host, port = server.tcp_address
     capacity = loaded.calls_in_real_time
     keeps = f"; keeps about {capacity:.1f} calls speaking" if capacity else ""
-    return f"serving on {host}:{port} with voice {loaded.voice}{keeps}"
+    limit = server.calls.max_calls
+    admits = f", admits {limit}" if limit else ""
+    return f"serving on {host}:{port} with voice {loaded.voice}{keeps}{admits}"

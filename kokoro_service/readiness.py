@@ -1,9 +1,11 @@
-"""Where the daemon stands, for machines: a ready file and systemd's notify protocol.
+"""Where the daemon stands, for machines: a ready file, systemd's notify protocol, and
+the state behind ``/healthz`` and ``/readyz``.
 
 Log lines are for people.  Tools and tests wait for the ready file (``--ready-file``), a
 JSON object written atomically once the daemon is warm and listening; systemd
 (``Type=notify``) gets ``READY=1`` at the same moment, ``STOPPING=1`` when the drain
-begins, and ``WATCHDOG=1`` pings when the unit sets ``WatchdogSec=``.
+begins, and ``WATCHDOG=1`` pings when the unit sets ``WatchdogSec=``.  Load balancers ask
+the HTTP port (:mod:`.web`), which answers from :class:`Lifecycle`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import Server
 
 log = logging.getLogger("kokoro_service.readiness")
 
@@ -101,6 +106,49 @@ class Readiness:
             log.warning("ready file %s belongs to running pid %d", self.ready_file, pid)
             return
         self.withdraw()
+
+
+class Lifecycle:
+    """The daemon's phase (loading, serving, draining) and what readiness means.
+
+    Responsibilities: hold the running server once it serves; say whether the process
+    is healthy (no server thread died) and whether it is ready for another call (serving,
+    not draining, under ``--max-calls``), each with a reason a person can read.
+    """
+
+    def __init__(self) -> None:
+        self.server: Server | None = None
+        self.capacity: float | None = None
+        """Calls the workers keep speaking in real time, from the warm-up."""
+        self.draining = False
+
+    def serving(self, server: Server, capacity: float | None) -> None:
+        self.capacity = capacity
+        self.server = server
+
+    def drain(self) -> None:
+        self.draining = True
+
+    def health(self) -> tuple[bool, str]:
+        server = self.server
+        if server is not None and server.thread_error is not None:
+            return False, f"a server thread died: {server.thread_error}"
+        if server is None:
+            return True, "loading the model"
+        return True, "draining" if self.draining else "serving"
+
+    def readiness(self) -> tuple[bool, str]:
+        server = self.server
+        if self.draining:
+            return False, "draining to stop"
+        if server is None:
+            return False, "loading the model and warming up"
+        if server.thread_error is not None:
+            return False, f"a server thread died: {server.thread_error}"
+        active, limit = len(server.calls), server.calls.max_calls
+        if limit is not None and active >= limit:
+            return False, f"full: {active} of {limit} calls (--max-calls)"
+        return True, f"{active} of {limit or 'unlimited'} calls"
 
 
 def _alive(pid: int) -> bool:

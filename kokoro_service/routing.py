@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import re
-import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .protocol import END_FRAME, SAMPLE_RATE
-from .writers import AudioItem, FrameWriter, Item, RawItem, SinkWriter
+from .writers import AudioItem, Conn, FrameWriter, Item, RawItem, SinkWriter
 
 log = logging.getLogger("kokoro_service.routing")
 
@@ -42,11 +42,15 @@ class Registry:
     """Which call_ids an audio processor has registered; bounded, oldest evicted first.
 
     REGISTER may arrive before the call's HELLO, so entries for unknown calls are kept,
-    up to ``capacity``, which bounds what a REGISTER flood can cost.
+    up to ``capacity``, which bounds what a REGISTER flood can cost.  In a fleet every
+    instance hears every REGISTER (PROTOCOL.md 5.4): an entry whose call this instance
+    does not hold is forgotten ``ttl`` seconds after the REGISTER, or after its call
+    ended here; ``ttl`` 0 keeps entries until BYE or eviction.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, ttl: float = 0.0) -> None:
         self._capacity = capacity
+        self._ttl = ttl
         self._ids: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -64,6 +68,33 @@ class Registry:
     def unregister(self, call_id: str) -> bool:
         with self._lock:
             return self._ids.pop(call_id, None) is not None
+
+    def touch(self, call_id: str) -> None:
+        """Restart ``call_id``'s time to live, if it is registered (its call just ended)."""
+        with self._lock:
+            if call_id in self._ids:
+                self._ids[call_id] = time.monotonic()
+                self._ids.move_to_end(call_id)
+
+    def expire(self, active: Callable[[str], bool]) -> list[str]:
+        """Forget the entries older than the time to live whose call is not ``active``
+        here; return their call_ids.  An active call's entry is kept and its clock
+        restarted, so it outlives its call by the time to live."""
+        if self._ttl <= 0:
+            return []
+        now = time.monotonic()
+        expired: list[str] = []
+        with self._lock:
+            while self._ids:
+                call_id, at = next(iter(self._ids.items()))
+                if now - at < self._ttl:
+                    break
+                del self._ids[call_id]
+                if active(call_id):
+                    self._ids[call_id] = now
+                else:
+                    expired.append(call_id)
+        return expired
 
     def __contains__(self, call_id: object) -> bool:
         with self._lock:
@@ -90,7 +121,7 @@ class CallRoute:
         self,
         call_id: str,
         peer: str,
-        text_sock: socket.socket,
+        text_sock: Conn,
         *,
         sink_host: str,
         sink_port_base: int,
@@ -99,6 +130,8 @@ class CallRoute:
         sink_backoff: float,
         on_progress: Callable[[], None],
         on_dead: Callable[[CallRoute], None],
+        sink_tls: ssl.SSLContext | None = None,
+        on_sink_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self.call_id = call_id
         self.peer = peer
@@ -109,6 +142,8 @@ class CallRoute:
         self._sink_backoff = sink_backoff
         self._on_progress = on_progress
         self._on_dead = on_dead
+        self._sink_tls = sink_tls
+        self._on_sink_failure = on_sink_failure
         self._lock = threading.RLock()
         self._chunk_id = 0
         self._ended = False
@@ -138,6 +173,12 @@ class CallRoute:
             dest = self._current()
             return dest is None or dest.queued_audio < bound
 
+    def queued_frames(self) -> int:
+        """AUDIO frames queued on the call's writers, not yet sent."""
+        with self._lock:
+            sink = self.sink.queued_audio if self.sink is not None else 0
+            return self.text.queued_audio + sink
+
     @property
     def deliverable(self) -> bool:
         """Whether any destination can still receive this call's audio."""
@@ -166,6 +207,7 @@ class CallRoute:
                 write_timeout=self._write_timeout,
                 on_failure=self._writer_failed,
                 on_progress=self._on_progress,
+                tls=self._sink_tls,
             )
             self.sink.start()
             log.info("call routed to sink call=%s sink=%s:%d", self.call_id, self._sink_host, port)
@@ -247,6 +289,7 @@ class CallRoute:
         with self._lock:
             audio = [item for item in unsent if isinstance(item, AudioItem)]
             if isinstance(writer, SinkWriter):
+                self._on_sink_failure()
                 if self.sink is writer:
                     self.sink = None
                     self._old_sinks.append(writer)

@@ -100,6 +100,12 @@ class Scheduler:
         with self._cond:
             return 1 + sum(1 for w in self._calls if w is not work and not w.idle)
 
+    def depths(self) -> tuple[int, int]:
+        """Segments waiting for a worker, and segments being synthesized, over all calls."""
+        with self._cond:
+            waiting = sum(len(w.pending) for w in self._calls)
+            return waiting, sum(1 for w in self._calls if w.in_flight is not None)
+
     def pending_chars(self, work: CallWork) -> int:
         with self._cond:
             return work.pending_chars

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -20,12 +21,14 @@ from .config import TICK, Settings
 from .connection import TextConnection, close_quietly
 from .engine import Engine
 from .errors import ProtocolError, StartupError
+from .metrics import Metrics
 from .pacing import Pacing
 from .protocol import Register, parse_datagram
 from .ratelimit import RateLimitedLog
 from .routing import Registry
 from .scheduler import Scheduler
 from .workers import BatchCounts, Worker
+from .writers import Conn
 
 if TYPE_CHECKING:
     from .wyoming_server import WyomingServer
@@ -39,7 +42,9 @@ class Server:
     """Serves the wire protocol (docs/protocol.md) with a loaded :class:`Engine`.
 
     Responsibilities: bind the TCP and UDP sockets; accept text connections within
-    ``--allow`` and ``--max-connections``; receive registrations; run the workers; stop.
+    ``--allow`` and ``--max-connections``, over TLS when configured; receive and expire
+    registrations; run the workers; stop.  Calls beyond ``--max-calls`` (its default
+    from ``capacity``, the warm-up's estimate) are refused as busy by :class:`Calls`.
 
     ``start()`` binds, starts every thread and returns once each has reported ready, or
     raises :class:`StartupError` with the first thread's error, leaving nothing open.
@@ -47,15 +52,34 @@ class Server:
     ``drain_timeout``, ENDs every call and joins every thread it started.
     """
 
-    def __init__(self, settings: Settings, engine: Engine, *, voice: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        voice: str,
+        capacity: float | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.voice = voice
+        self.metrics = metrics if metrics is not None else Metrics()
         self.max_batch = settings.batch_limit(engine.device)
         self.batches = BatchCounts()
         self.scheduler = Scheduler()
-        self.registry = Registry(settings.max_registrations)
+        self.registry = Registry(settings.max_registrations, settings.registration_ttl)
         self.pacing = Pacing(settings.workers)
+        # Both contexts read their files now: a bad one fails start-up, not a call.
+        self._tls: ssl.SSLContext | None = None
+        sink_tls = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            from .tls import client_context, server_context
+
+            self._tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            sink_tls = client_context(
+                settings.tls_cert, settings.tls_key, settings.tls_sink_ca or settings.tls_client_ca
+            )
         self.calls = Calls(
             settings,
             engine,
@@ -64,6 +88,9 @@ class Server:
             registry=self.registry,
             pacing=self.pacing,
             g2p_ahead=self.max_batch > 1,
+            metrics=self.metrics,
+            max_calls=settings.admission_limit(capacity),
+            sink_tls=sink_tls,
         )
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -103,11 +130,20 @@ class Server:
         """Bind both sockets, start every thread and wait until each is running."""
         s = self.settings
         self._tcp, self._udp = _bind(s)
-        if not _is_loopback(s.host):
+        allowed = ",".join(str(n) for n in s.allow)
+        if _is_loopback(s.host):
+            pass
+        elif self._tls is None:
             log.warning(
-                "listening on %s, beyond loopback: only peers in --allow (%s) are served",
+                "listening on %s, beyond loopback, without TLS: text and audio cross the "
+                "network in clear and unauthenticated (set --tls-cert and --tls-key); only "
+                "peers in --allow (%s) are served",
                 s.host,
-                ",".join(str(n) for n in s.allow),
+                allowed,
+            )
+        else:
+            log.info(
+                "listening on %s over TLS; only peers in --allow (%s) are served", s.host, allowed
             )
         workers = [
             Worker(
@@ -150,11 +186,13 @@ class Server:
                 self.stop(drain_timeout=0.0)
                 raise
         log.info(
-            "listening tcp=%s:%d udp=%s:%d workers=%d max_batch=%d voice=%s lang=%s",
+            "listening tcp=%s:%d%s udp=%s:%d workers=%d max_batch=%d max_calls=%s voice=%s lang=%s",
             *self.tcp_address,
+            " (tls)" if self._tls is not None else "",
             *self.udp_address,
             s.workers,
             self.max_batch,
+            self.calls.max_calls or "unlimited",
             self.voice,
             s.lang,
         )
@@ -233,12 +271,20 @@ class Server:
                 self._noise.warning(
                     f"deny:{addr[0]}", "connection refused peer=%s: not in --allow", peer
                 )
+                self.metrics.refused("not_allowed")
                 close_quietly(conn)
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.serve_connection(conn, peer)
+            if self._tls is not None:
+                from .tls import TlsConn
 
-    def serve_connection(self, conn: socket.socket, peer: str) -> bool:
+                # The handshake runs in the connection's own thread, within --hello-timeout,
+                # so a peer that never finishes it holds up no one else.
+                self.serve_connection(TlsConn.server(conn, self._tls), peer)
+            else:
+                self.serve_connection(conn, peer)
+
+    def serve_connection(self, conn: Conn, peer: str) -> bool:
         """Serve the wire protocol on ``conn`` in a reader thread of its own.
 
         The accept loop's connections come here, and so do in-process adapters (the
@@ -257,12 +303,14 @@ class Server:
                     calls=self.calls,
                     stopping=self._stopping,
                     stopped=self._stopped,
+                    noise=self._noise,
                 )
                 t = threading.Thread(target=handler.serve, name=f"conn:{peer}", daemon=True)
                 self._readers.add(t)
                 t.start()
                 return True
         if full:
+            self.metrics.refused("max_connections")
             self._ops.warning(
                 "maxconn",
                 "connection refused peer=%s: max_connections=%d reached",
@@ -277,7 +325,11 @@ class Server:
     def _udp_loop(self) -> None:
         udp = self._udp
         assert udp is not None  # noqa: S101 - start() binds before starting this loop
+        swept = time.monotonic()
         while not self._stopping.is_set():
+            if time.monotonic() - swept >= TICK:
+                swept = time.monotonic()
+                self._expire_registrations()
             try:
                 data, addr = udp.recvfrom(4096)
             except TimeoutError:
@@ -287,6 +339,14 @@ class Server:
                     return
                 continue
             self._datagram(data, addr)
+
+    def _expire_registrations(self) -> None:
+        expired = self.registry.expire(lambda call_id: self.calls.get(call_id) is not None)
+        for call_id in expired:
+            # Every instance of a fleet hears every REGISTER: expiry is routine, not news.
+            log.debug("registration expired call=%s: not held here", call_id)
+        if expired:
+            self.metrics.registrations_expired.inc(len(expired))
 
     def _datagram(self, data: bytes, addr: tuple[object, ...]) -> None:
         peer = _peer(addr)

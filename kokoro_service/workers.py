@@ -89,6 +89,7 @@ class Worker:
                 self.calls.segment_done(call, seg)
             if wanted:
                 self.counts.add(len(wanted))
+                self.calls.metrics.batch_size.observe(len(wanted))
                 requests = [
                     Request(s.text, s.voice, s.lang, s.speed, s.phonemes) for _, s in wanted
                 ]

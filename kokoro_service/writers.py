@@ -11,10 +11,12 @@ import collections
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +32,20 @@ from .protocol import (
 )
 
 log = logging.getLogger("kokoro_service.writers")
+
+SINK_LINGER = 2.0
+
+
+class Conn(Protocol):
+    """What the readers and writers use of a connected stream: a plain socket, or a
+    :class:`~kokoro_service.tls.TlsConn` that keeps the same calls safe across threads."""
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+    def settimeout(self, value: float | None, /) -> None: ...
+    def sendmsg(self, buffers: list[memoryview], /) -> int: ...
+    def dup(self) -> Conn: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -68,7 +84,7 @@ class FrameWriter:
         write_timeout: float,
         on_failure: Callable[[FrameWriter, str, list[Item]], None],
         on_progress: Callable[[], None],
-        sock: socket.socket | None = None,
+        sock: Conn | None = None,
     ) -> None:
         self.name = name
         self._sock = sock
@@ -80,6 +96,8 @@ class FrameWriter:
         self._finishing = False
         self._aborted = False
         self.failed = False
+        # Seconds to read (and drop) what the peer sends after our FIN, before closing.
+        self._linger = 0.0
         self._thread = threading.Thread(target=self._run, name=f"writer:{name}", daemon=True)
 
     def start(self) -> None:
@@ -146,7 +164,7 @@ class FrameWriter:
 
     # -- thread ------------------------------------------------------------------------
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> Conn:
         """Return the socket to send on; sink writers override this to dial out."""
         if self._sock is None:
             raise DestinationError("no socket")
@@ -156,7 +174,7 @@ class FrameWriter:
         return b""
 
     def _run(self) -> None:
-        sock: socket.socket | None = None
+        sock: Conn | None = None
         try:
             sock = self._connect()
             self._sock = sock
@@ -190,7 +208,7 @@ class FrameWriter:
                 else:
                     # FIN only: the peer reads every byte before it sees the close.  A
                     # full shutdown here could turn into a reset that discards them.
-                    _close_after_fin(sock)
+                    _close_after_fin(sock, self._linger)
             self._on_progress()
 
     def _fail(self, reason: str) -> None:
@@ -202,7 +220,7 @@ class FrameWriter:
             self._queue.clear()
         self._on_failure(self, reason, unsent)
 
-    def _send_item(self, sock: socket.socket, item: Item) -> None:
+    def _send_item(self, sock: Conn, item: Item) -> None:
         if isinstance(item, RawItem):
             self._send(sock, [memoryview(item.data)])
             return
@@ -215,7 +233,7 @@ class FrameWriter:
             buffers[:0] = [memoryview(words_header), memoryview(item.words)]
         self._send(sock, buffers)
 
-    def _send(self, sock: socket.socket, buffers: list[memoryview]) -> None:
+    def _send(self, sock: Conn, buffers: list[memoryview]) -> None:
         """Send every byte; fail when the peer accepts nothing for ``write_timeout``."""
         pending = [b for b in buffers if b.nbytes]
         while pending:
@@ -240,7 +258,8 @@ class FrameWriter:
 
 
 class SinkWriter(FrameWriter):
-    """Writer to an audio processor: dials ``host:port`` with backoff, then sends HELLO."""
+    """Writer to an audio processor: dials ``host:port`` with backoff (over TLS when the
+    daemon has a certificate, PROTOCOL.md 5.5), then sends HELLO."""
 
     def __init__(
         self,
@@ -254,6 +273,7 @@ class SinkWriter(FrameWriter):
         write_timeout: float,
         on_failure: Callable[[FrameWriter, str, list[Item]], None],
         on_progress: Callable[[], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(
             name, write_timeout=write_timeout, on_failure=on_failure, on_progress=on_progress
@@ -263,8 +283,13 @@ class SinkWriter(FrameWriter):
         self.port = port
         self._attempts = attempts
         self._backoff = backoff
+        self._tls = tls
+        # Nothing else reads a sink connection, and closing with unread bytes (a TLS 1.3
+        # server's session tickets, say) resets it, which can destroy the frames the
+        # processor has not read yet: wait for its close instead, briefly.
+        self._linger = SINK_LINGER
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> Conn:
         delay = self._backoff
         last = ""
         for attempt in range(1, self._attempts + 1):
@@ -273,14 +298,16 @@ class SinkWriter(FrameWriter):
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=self._write_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn = self._secure(sock)
                 log.info(
-                    "sink connected call=%s sink=%s:%d attempt=%d",
+                    "sink connected call=%s sink=%s:%d attempt=%d%s",
                     self.call_id,
                     self.host,
                     self.port,
                     attempt,
+                    " tls" if self._tls is not None else "",
                 )
-                return sock
+                return conn
             except OSError as exc:
                 last = exc.strerror or str(exc)
                 log.warning(
@@ -297,18 +324,37 @@ class SinkWriter(FrameWriter):
                 delay *= 2
         raise DestinationError(f"cannot connect to sink {self.host}:{self.port}: {last}")
 
+    def _secure(self, sock: socket.socket) -> Conn:
+        if self._tls is None:
+            return sock
+        from .tls import TlsConn
+
+        conn = TlsConn.client(sock, self._tls, self.host)
+        try:
+            conn.handshake(self._write_timeout)
+        except OSError:
+            conn.close()
+            raise
+        return conn
+
     def _preamble(self) -> bytes:
         return encode_hello(self.call_id)
 
 
-def _close_after_fin(sock: socket.socket) -> None:
+def _close_after_fin(sock: Conn, linger: float = 0.0) -> None:
+    """FIN, then (for ``linger`` seconds at most) read and drop until the peer closes."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + linger
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if not sock.recv(65536):
+                break
     with contextlib.suppress(OSError):
         sock.close()
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _shutdown(sock: Conn) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):

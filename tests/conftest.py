@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kokoro_service.client import Reply
 from kokoro_service.config import Settings
+from kokoro_service.daemon import Loaded, load_off_main_thread
 from kokoro_service.engine import Engine
 from kokoro_service.models.checkpoint import build_random_checkpoint
 from kokoro_service.models.sources import model_dir_source
@@ -38,6 +41,26 @@ def engine(tiny_dir: Path) -> Engine:
     eng = Engine(model_dir_source(tiny_dir), device="cpu", default_lang="a")
     eng.warm_up("af_sky", "a")
     return eng
+
+
+@dataclasses.dataclass(frozen=True)
+class RealWeights:
+    """The embedded real Kokoro-82M, loaded and warmed up once by the daemon's own loader."""
+
+    settings: Settings
+    loaded: Loaded
+
+
+@pytest.fixture(scope="session")
+def real_weights(tmp_path_factory: pytest.TempPathFactory) -> RealWeights:
+    cache = tmp_path_factory.getbasetemp() / "embedded-model-cache"
+    # No model dir and no hub cache: the embedded import, as a fresh install runs it.
+    settings = Settings(tcp_port=0, udp_port=0, cache_dir=cache, workers=2, device="cpu")
+    loaded = load_off_main_thread(settings)
+    assert loaded.engine.source.kind == "embedded"
+    assert loaded.voice == "jm_kumo"  # af_sky is not embedded: the logged substitute
+    assert loaded.warm is not None and loaded.warm.rtf > 0
+    return RealWeights(settings, loaded)
 
 
 DaemonFactory = Callable[..., Server]
@@ -72,18 +95,31 @@ def daemon(engine: Engine, tmp_path: Path) -> Iterator[DaemonFactory]:
         server.stop(drain_timeout=5.0)
 
 
-def free_port_base() -> int:
-    """A sink port base such that base+N for small N are (very likely) free."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    return max(1024, port - 100)
+def free_port_base(span: int = 32) -> int:
+    """A sink port base such that base+N for N < ``span`` are free now.
+
+    Drawn below Linux's ephemeral range (32768 up), so the daemon's and the tests' own
+    outgoing connections cannot take one of them meanwhile.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, 32_768 - span)
+        try:
+            for port in range(base + 1, base + span):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of sink ports below 32768")
 
 
 class FakeSink:
     """A fake outbound audio processor: a TCP listener on sink_port_base + N."""
 
-    def __init__(self, port: int, *, read: bool = True, width: int = 4) -> None:
+    def __init__(
+        self, port: int, *, read: bool = True, width: int = 4, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if not read:  # a small window, so a processor that never reads stalls quickly
@@ -97,6 +133,8 @@ class FakeSink:
         self.words: list[Words] = []
         self.call_ids: list[str | None] = []
         self.connections = 0
+        self.tls = tls  # a server context: the daemon must dial it over TLS
+        self.tls_errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -114,6 +152,14 @@ class FakeSink:
 
     def _serve(self, conn: socket.socket) -> None:
         decoder = AudioStreamDecoder(expect_hello=True, width=self.width)
+        if self.tls is not None:
+            conn.settimeout(10)
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                self.tls_errors.append(str(exc))
+                conn.close()
+                return
         conn.settimeout(0.2)
         with conn:
             while not self._stop.is_set():
@@ -124,7 +170,9 @@ class FakeSink:
                     data = conn.recv(1 << 20)
                 except TimeoutError:
                     continue
-                except OSError:
+                except OSError as exc:
+                    if self.tls is not None:
+                        self.tls_errors.append(repr(exc))
                     return
                 if not data:
                     return

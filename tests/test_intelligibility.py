@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from kokoro_service.client import speak
-from kokoro_service.config import Settings
-from kokoro_service.daemon import load_off_main_thread
 from kokoro_service.models import embedded
 from kokoro_service.protocol import SAMPLE_RATE
 from kokoro_service.server import Server
@@ -25,23 +23,16 @@ from .asr import (
     transcribe_words,
     whisper_word_error_rate,
 )
-from .conftest import TEST_TIMEOUT
+from .conftest import TEST_TIMEOUT, RealWeights
 from .phone_corpus import PHONE_CORPUS
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cache = tmp_path_factory.getbasetemp() / "embedded-model-cache"
-    # The daemon's own loader: no model dir, no hub cache, so the embedded import.
-    settings = Settings(tcp_port=0, udp_port=0, cache_dir=cache, workers=2, device="cpu")
-    loaded = load_off_main_thread(settings)
-    assert loaded.engine.source.kind == "embedded"
-    assert loaded.voice == "jm_kumo"  # af_sky is not embedded: the logged substitute
-    assert loaded.warm is not None and loaded.warm.rtf > 0
-    engine, voice = loaded.engine, loaded.voice
-    server = Server(settings, engine, voice=voice)
+def real_server(real_weights: RealWeights) -> Iterator[Server]:
+    loaded = real_weights.loaded
+    server = Server(real_weights.settings, loaded.engine, voice=loaded.voice)
     server.start()
     yield server
     server.stop(drain_timeout=5)

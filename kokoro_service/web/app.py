@@ -1,0 +1,76 @@
+"""The HTTP application: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+``/healthz`` answers 200 while the process serves or loads (a liveness probe: restart
+only what is wedged), 503 once a server thread has died.  ``/readyz`` answers 200 only
+when the model is loaded and warm, the daemon is not draining and it is under
+``--max-calls`` (a readiness probe: send the next call elsewhere).  Both bodies are JSON
+with a reason a person can read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..metrics import Metrics
+from ..ratelimit import RateLimitedLog
+from ..readiness import Lifecycle
+
+log = logging.getLogger("kokoro_service.web")
+
+
+def create_app(
+    metrics: Metrics, lifecycle: Lifecycle, peer_allowed: Callable[[str], bool]
+) -> ASGIApp:
+    """The ASGI app of the HTTP port, its clients limited to ``peer_allowed``."""
+
+    async def scrape(_: Request) -> Response:
+        # Collecting takes the server's locks briefly: off the event loop.
+        body = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_: Request) -> Response:
+        ok, reason = lifecycle.health()
+        return JSONResponse({"healthy": ok, "reason": reason}, status_code=200 if ok else 503)
+
+    async def readyz(_: Request) -> Response:
+        ok, reason = lifecycle.readiness()
+        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+
+    app = Starlette(
+        routes=[
+            Route("/metrics", scrape, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ]
+    )
+    return AllowList(app, peer_allowed)
+
+
+class AllowList:
+    """ASGI middleware: answer 403 to a client outside ``--allow``, as the text port
+    refuses it, logging each address at most every few seconds."""
+
+    def __init__(self, app: ASGIApp, peer_allowed: Callable[[str], bool]) -> None:
+        self.app = app
+        self.peer_allowed = peer_allowed
+        self._noise = RateLimitedLog(log)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        host = str(client[0]) if client else ""
+        if scope["type"] == "http" and not self.peer_allowed(host):
+            self._noise.warning(
+                f"deny:{host}", "http request refused peer=%s: not in --allow", host
+            )
+            await PlainTextResponse("not in --allow\n", status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
