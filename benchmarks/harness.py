@@ -285,8 +285,15 @@ class Daemon:
         cache_dir: Path | None,
         log_level: str,
         workdir: Path | None = None,
+        *,
+        admission: bool = False,
     ) -> None:
-        """``workdir`` holds the ready file and the kept log (default: a new temp dir)."""
+        """``workdir`` holds the ready file and the kept log (default: a new temp dir).
+
+        Without ``admission`` the daemon runs with ``--max-calls 0``: the benchmarks
+        measure what the host does at every load, past its capacity too, rather than
+        how it refuses calls (``admission.py`` measures that, with ``admission=True``).
+        """
         exe = ROOT / ".venv" / "bin" / "kokoro-service"
         base = (
             [str(exe)]
@@ -298,6 +305,8 @@ class Daemon:
         # The harness's choices first, so the caller's serve args override them; the
         # ready file last, since the harness waits for that one.
         args = ["--tcp-port", "0", "--udp-port", "0", "--log-level", log_level]
+        if not admission:
+            args += ["--max-calls", "0"]
         if cache_dir is not None:
             args += ["--cache-dir", str(cache_dir)]
         args += [*serve_args, "--ready-file", str(self.ready_file)]

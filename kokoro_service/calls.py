@@ -3,7 +3,7 @@
 Events come from a connection (HELLO, TEXT, CONTROL, quiet, input closed), from the UDP
 registrar (REGISTER, BYE), from a route (no destination left) and from the workers (a
 segment synthesized).  Each is one method here; they share the call table and the lock
-order below, which is why they stay in one module of a little over 400 lines.
+order below, which is why they stay in one module.
 
 Lock order, for the whole daemon, outermost first:
 
@@ -96,11 +96,11 @@ class Calls:
     """Owns the call table and applies every call event.
 
     Responsibilities: open a call (refusing a call_id in use, and any call beyond
-    ``max_calls``) and give it a route; accept
-    its text within ``max_pending_chars`` and cut segments only when a worker needs one;
-    apply CONTROL (voice, lang, speed, cancel, format, rate, words); deliver synthesized
-    audio in order, in the call's format and with its words when asked; end the call
-    once, with END, when its input is closed and its work is done.
+    ``max_calls``) and give it a route; accept its text within ``max_pending_chars`` and
+    cut segments only when a worker needs one; apply CONTROL (voice, lang, speed, cancel,
+    format, rate, words); deliver synthesized audio in order, in the call's format and with
+    its words when asked, following each listener for the first-audio and stall metrics;
+    end the call once, with END, when its input is closed and its work is done.
     """
 
     def __init__(
@@ -146,6 +146,12 @@ class Calls:
         with self._lock:
             return len(self._calls)
 
+    @property
+    def full(self) -> bool:
+        """Whether ``max_calls`` calls are open: a HELLO now would be refused as busy."""
+        with self._lock:
+            return self.max_calls is not None and len(self._calls) >= self.max_calls
+
     def get(self, call_id: str) -> Call | None:
         with self._lock:
             return self._calls.get(call_id)
@@ -175,15 +181,7 @@ class Calls:
                 self.metrics.refused(Refusal.DUPLICATE.value)
                 return Refusal.DUPLICATE
             if self.max_calls is not None and len(self._calls) >= self.max_calls:
-                self._busy.warning(
-                    "busy",
-                    "busy: call refused call=%s peer=%s: %d calls active, max_calls=%d",
-                    call_id,
-                    peer,
-                    len(self._calls),
-                    self.max_calls,
-                )
-                self.metrics.refused(Refusal.BUSY.value)
+                self.refuse_busy(call_id, peer, len(self._calls))
                 return Refusal.BUSY
             route = CallRoute(
                 call_id,
@@ -221,6 +219,18 @@ class Calls:
         if registered:
             route.attach_sink()
         return call
+
+    def refuse_busy(self, call_id: str, peer: str, active: int | None = None) -> None:
+        """Log and count a call refused because ``max_calls`` are open (PROTOCOL.md 5.3)."""
+        self._busy.warning(
+            "busy",
+            "busy: call refused call=%s peer=%s: %d calls active, max_calls=%s",
+            call_id,
+            peer,
+            len(self) if active is None else active,
+            self.max_calls,
+        )
+        self.metrics.refused(Refusal.BUSY.value)
 
     def text(self, call: Call, text: str) -> None:
         """TEXT: buffer it, refusing what would exceed ``max_pending_chars``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -233,6 +234,24 @@ def say(text: str, output: Path, **kw: Any) -> None:
     is_flag=True,
     help="Send CONTROL words first, and print each AUDIO frame's words with their times.",
 )
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Speak TLS to the daemon, trusting this PEM CA bundle for its certificate.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --tls-ca: this client's PEM certificate (and key, if --tls-key is not given).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The PEM key of --tls-cert.",
+)
 @click.option("--timeout", default=120.0, show_default=True, type=float)
 def send(
     text: tuple[str, ...],
@@ -243,6 +262,9 @@ def send(
     audio_format: str | None,
     rate: str | None,
     words: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     timeout: float,
     **kw: Any,
 ) -> None:
@@ -258,6 +280,7 @@ def send(
 
     target = _settings(**kw)
     host, tcp_port = target.host, target.tcp_port
+    tls = _client_tls(tls_ca, tls_cert, tls_key)
     try:
         validate_call_id(call_id)
         t0 = time.monotonic()
@@ -272,6 +295,7 @@ def send(
             rate=int(rate) if rate else None,
             words=True if words else None,
             timeout=timeout,
+            tls=tls,
         )
     except (OSError, KokoroServiceError) as exc:
         raise click.ClickException(f"cannot talk to {host}:{tcp_port}: {exc}") from None
@@ -291,6 +315,20 @@ def send(
     )
     if not reply.ended:
         sys.exit(1)
+
+
+def _client_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if ca is None:
+        if cert is not None or key is not None:
+            raise click.UsageError("--tls-cert and --tls-key need --tls-ca")
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(ca))
+        if cert is not None:
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(f"cannot use the TLS files: {exc}") from None
+    return context
 
 
 @main.command(context_settings=CONTEXT)

@@ -209,12 +209,10 @@ class Settings:
     )
     max_calls: int | None = knob(
         None,
-        "Calls served at once; a HELLO beyond it is answered with END at once (busy), "
-        "so a dispatcher can try another instance. 0: no limit.",
+        "Calls served at once; a HELLO beyond it gets END at once (busy). 0: no limit.",
         lo=0,
         hi=100_000,
-        shown="3/4 of the capacity the warm-up measures, rounded down, at least 1 "
-        "(no limit without the warm-up)",
+        shown="3/4 of the warm-up's capacity estimate; none without the warm-up",
     )
     max_pending_chars: int = knob(
         200_000, "Unspoken text held per call; TEXT beyond it is refused.", lo=1

@@ -146,7 +146,7 @@ class Lifecycle:
         if server.thread_error is not None:
             return False, f"a server thread died: {server.thread_error}"
         active, limit = len(server.calls), server.calls.max_calls
-        if limit is not None and active >= limit:
+        if server.calls.full:
             return False, f"full: {active} of {limit} calls (--max-calls)"
         return True, f"{active} of {limit or 'unlimited'} calls"
 

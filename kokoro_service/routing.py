@@ -9,6 +9,7 @@ never stalls only itself.  Chunk ids are numbered per call across destinations.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import re
 import ssl
@@ -83,16 +84,22 @@ class Registry:
         if self._ttl <= 0:
             return []
         now = time.monotonic()
+        with self._lock:
+            old = list(
+                itertools.takewhile(lambda cid: now - self._ids[cid] >= self._ttl, self._ids)
+            )
+        held = {call_id for call_id in old if active(call_id)}  # not under our lock: a leaf
         expired: list[str] = []
         with self._lock:
-            while self._ids:
-                call_id, at = next(iter(self._ids.items()))
-                if now - at < self._ttl:
-                    break
-                del self._ids[call_id]
-                if active(call_id):
+            for call_id in old:
+                at = self._ids.get(call_id)
+                if at is None or now - at < self._ttl:
+                    continue  # gone, or registered again meanwhile
+                if call_id in held:
                     self._ids[call_id] = now
+                    self._ids.move_to_end(call_id)
                 else:
+                    del self._ids[call_id]
                     expired.append(call_id)
         return expired
 

@@ -320,7 +320,14 @@ class WyomingHandler(AsyncEventHandler):
             control = Control(format="s16le", voice=voice.name or None, lang=lang)
         ours, theirs = socket.socketpair()
         call_id = f"wyoming-{next(_call_ids)}"
-        if not self.server.serve_connection(ours, f"wyoming:{self.peer}"):
+        # A full instance (--max-calls) would answer the call's HELLO with END alone,
+        # which a Wyoming client would take for silence: say busy instead.  (A call that
+        # fills the last place between this check and the HELLO still gets that END.)
+        full = self.server.calls.full
+        if full:
+            self.server.calls.refuse_busy(call_id, f"wyoming:{self.peer}")
+        if full or not self.server.serve_connection(ours, f"wyoming:{self.peer}"):
+            ours.close()
             theirs.close()
             await self.write_event(Error(text="server busy", code="busy").event())
             return None

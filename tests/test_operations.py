@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 import trustme
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from benchmarks.callers import playback
 from benchmarks.harness import Daemon
+from kokoro_service.cli import main
 from kokoro_service.client import Connection, speak
 from kokoro_service.config import Settings, parse_networks
 from kokoro_service.metrics import REFUSALS, end_reason_label
@@ -258,12 +260,19 @@ def refused(host: str, port: int, ctx: ssl.SSLContext | None) -> bool:
 
 
 def test_tls_text_port_serves_its_clients_and_refuses_the_rest(
-    daemon: DaemonFactory, pki: Pki, logs: LogCapture
+    daemon: DaemonFactory, pki: Pki, logs: LogCapture, tmp_path: Path
 ) -> None:
     server = daemon(tls_cert=pki.cert, tls_key=pki.cert, tls_client_ca=pki.ca_pem)
     host, port = server.tcp_address
     reply = speak(host, port, "1", [SENTENCE], tls=pki.client_context(cert=pki.client))
     assert reply.ended and reply.chunks
+    # The operator's smoke test speaks TLS too.
+    client_pem = tmp_path / "client.pem"
+    pki.client.private_key_and_cert_chain_pem.write_to_path(str(client_pem))
+    args = ["send", "--call-id", "3", "--tcp-port", str(port), "-o", str(tmp_path / "o.wav")]
+    args += ["--tls-ca", str(pki.ca_pem), "--tls-cert", str(client_pem), SENTENCE]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "END received" in result.output, result.output
 
     # Refusals are logged at most every few seconds per address, so each reason checked
     # in the log gets an instance of its own.
@@ -275,7 +284,7 @@ def test_tls_text_port_serves_its_clients_and_refuses_the_rest(
         server.metrics.registry.get_sample_value("kokoro_calls_refused_total", {"reason": "tls"})
         == 2
     )
-    assert server.calls.opened == 1
+    assert server.calls.opened == 2
 
     second = daemon(tls_cert=pki.cert, tls_key=pki.cert, tls_client_ca=pki.ca_pem)
     assert refused(*second.tcp_address, pki.client_context())  # no client certificate
@@ -439,7 +448,7 @@ def test_a_fleet_of_three_routes_each_calls_audio_to_its_sink_exactly_once(
     over the instances; only the instance holding a call sends its audio, and every
     instance forgets the registrations it never used after the time to live."""
     base = free_port_base()
-    ttl = 3.0
+    ttl = 2.0
     args = [
         f"--model-dir={tiny_dir}",
         "--no-warmup",

@@ -347,6 +347,25 @@ def test_wyoming_bad_input_is_refused_without_reading_it(
     assert np.isfinite(server.calls.opened)
 
 
+def test_a_full_instance_tells_a_wyoming_client_it_is_busy(daemon: DaemonFactory) -> None:
+    server = daemon(wyoming_port=0, max_calls=1)
+    with Connection(*server.tcp_address) as held:
+        held.hello("57")
+        assert wait_for(lambda: server.calls.full)
+
+        async def refused() -> Event:
+            async with AsyncTcpClient(*server.wyoming.address) as client:  # type: ignore[union-attr]
+                await client.write_event(Synthesize(text="Okay.").event())
+                return (await _events_until(client, "error"))[-1]
+
+        assert asyncio.run(refused()).data["code"] == "busy"
+        held.bye()
+    busy = server.metrics.registry.get_sample_value(
+        "kokoro_calls_refused_total", {"reason": "busy"}
+    )
+    assert busy == 1 and server.calls.opened == 1
+
+
 # --------------------------------------------------------------------------- phone text
 
 
