@@ -46,6 +46,15 @@ def default_cache_dir() -> Path:
     return Path(xdg or Path.home() / ".cache") / "kokoro-service"
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_networks(value: str) -> tuple[IPNetwork, ...]:
     """``"127.0.0.0/8, ::1/128"`` → networks; every item must parse."""
     nets = []
@@ -130,6 +139,12 @@ class Settings:
     )
     metrics_host: str = knob(
         "127.0.0.1", "Address the HTTP port binds; its clients must be in --allow too."
+    )
+    api_key: str | None = knob(
+        None,
+        "Bearer token the OpenAI-style speech API on the HTTP port requires "
+        "(Authorization: Bearer KEY); prefer the variable to the option, which ps shows.",
+        shown="none",
     )
     sink_host: str = knob(
         "127.0.0.1", "Host of the audio processors (never taken from a datagram)."

@@ -193,8 +193,13 @@ def run(settings: Settings) -> int:
         if settings.metrics_port is not None:
             # Up before the model loads: a liveness probe passes while /readyz says why
             # the instance is not ready yet.
-            app = create_app(metrics, lifecycle, settings.peer_allowed)
-            http = HttpServer(app, settings.metrics_host, settings.metrics_port)
+            app = create_app(metrics, lifecycle, settings)
+            tls = (
+                (settings.tls_cert, settings.tls_key)
+                if settings.tls_cert is not None and settings.tls_key is not None
+                else None
+            )
+            http = HttpServer(app, settings.metrics_host, settings.metrics_port, tls=tls)
             http.start()
         loaded = load_off_main_thread(settings)
         server = Server(
@@ -283,7 +288,11 @@ def _ready_info(
         "model_source": loaded.engine.source.kind,
         "workers": settings.workers,
         "max_batch": server.max_batch,
-        "http": None if http is None else dict(zip(("host", "port"), http.address, strict=True)),
+        "http": (
+            None
+            if http is None
+            else {"host": http.address[0], "port": http.address[1], "tls": http.tls}
+        ),
         "max_calls": server.calls.max_calls,
         "wyoming": (
             None

@@ -7,7 +7,6 @@ destination (:mod:`.writers`).  What happens to a call is :mod:`.calls`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import ssl
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .calls import Calls
-from .config import TICK, Settings
+from .config import TICK, Settings, is_loopback
 from .connection import TextConnection, close_quietly
 from .engine import Engine
 from .errors import ProtocolError, StartupError
@@ -131,7 +130,7 @@ class Server:
         s = self.settings
         self._tcp, self._udp = _bind(s)
         allowed = ",".join(str(n) for n in s.allow)
-        if _is_loopback(s.host):
+        if is_loopback(s.host):
             pass
         elif self._tls is None:
             log.warning(
@@ -426,15 +425,6 @@ def _address(sock: socket.socket | None) -> tuple[str, int]:
         raise RuntimeError("server not started")
     addr = sock.getsockname()
     return str(addr[0]), int(addr[1])
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _peer(addr: tuple[object, ...]) -> str:

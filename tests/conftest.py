@@ -4,6 +4,7 @@ from it through ``--model-dir`` code paths, and in-process daemons on ephemeral 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -11,6 +12,8 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,10 @@ from kokoro_service.engine import Engine
 from kokoro_service.models.checkpoint import build_random_checkpoint
 from kokoro_service.models.sources import model_dir_source
 from kokoro_service.protocol import Audio, AudioStreamDecoder, End, Words
+from kokoro_service.readiness import Lifecycle
 from kokoro_service.server import Server
+from kokoro_service.web.app import create_app
+from kokoro_service.web.server import HttpServer
 
 TEST_TIMEOUT = 60.0
 
@@ -64,6 +70,49 @@ def real_weights(tmp_path_factory: pytest.TempPathFactory) -> RealWeights:
 
 
 DaemonFactory = Callable[..., Server]
+
+
+def http_get(base: str, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclasses.dataclass
+class Ops:
+    """An in-process server with the daemon's HTTP port wired as ``run()`` wires it."""
+
+    server: Server
+    lifecycle: Lifecycle
+    base: str
+
+    def get(self, path: str) -> tuple[int, Any]:
+        status, body = http_get(self.base, path)
+        return status, json.loads(body) if path != "/metrics" else body
+
+
+@pytest.fixture
+def ops(daemon: DaemonFactory) -> Iterator[Callable[..., Ops]]:
+    """In-process servers with the HTTP port wired as ``daemon.run()`` wires it."""
+    servers: list[HttpServer] = []
+
+    def start(**overrides: Any) -> Ops:
+        server = daemon(**overrides)
+        lifecycle = Lifecycle()
+        server.metrics.live.lifecycle = lifecycle
+        lifecycle.serving(server, capacity=None)
+        app = create_app(server.metrics, lifecycle, server.settings)
+        http = HttpServer(app, "127.0.0.1", 0)
+        http.start()
+        servers.append(http)
+        host, port = http.address
+        return Ops(server, lifecycle, f"http://{host}:{port}")
+
+    yield start
+    for http in servers:
+        http.stop()
 
 
 @pytest.fixture

@@ -4,14 +4,11 @@ control at ``--max-calls``, and a fleet of three daemons sharing audio processor
 from __future__ import annotations
 
 import dataclasses
-import json
 import socket
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,20 +35,14 @@ from .conftest import (
     DaemonFactory,
     FakeSink,
     LogCapture,
+    Ops,
     RealWeights,
     free_port_base,
+    http_get,
     wait_for,
 )
 
 SENTENCE = "Your appointment is on Tuesday at noon."
-
-
-def http_get(base: str, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(base + path, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def scrape(base: str) -> list[Sample]:
@@ -72,41 +63,7 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
     return found[0]
 
 
-@dataclass
-class Ops:
-    """An in-process server with the daemon's HTTP port wired as ``run()`` wires it."""
-
-    server: Server
-    lifecycle: Lifecycle
-    base: str
-
-    def get(self, path: str) -> tuple[int, Any]:
-        status, body = http_get(self.base, path)
-        return status, json.loads(body) if path != "/metrics" else body
-
-
-@pytest.fixture
-def ops(daemon: DaemonFactory) -> Iterator[Any]:
-    servers: list[HttpServer] = []
-
-    def start(**overrides: Any) -> Ops:
-        server = daemon(**overrides)
-        lifecycle = Lifecycle()
-        server.metrics.live.lifecycle = lifecycle
-        lifecycle.serving(server, capacity=None)
-        app = create_app(server.metrics, lifecycle, server.settings.peer_allowed)
-        http = HttpServer(app, "127.0.0.1", 0)
-        http.start()
-        servers.append(http)
-        host, port = http.address
-        return Ops(server, lifecycle, f"http://{host}:{port}")
-
-    yield start
-    for http in servers:
-        http.stop()
-
-
-def test_metrics_count_a_call_and_health_answers(ops: Any) -> None:
+def test_metrics_count_a_call_and_health_answers(ops: Callable[..., Ops]) -> None:
     o = ops(max_calls=3)
     assert o.get("/healthz") == (200, {"healthy": True, "reason": "serving"})
     status, body = o.get("/readyz")
@@ -147,7 +104,7 @@ def test_end_reasons_are_a_bounded_set() -> None:
 
 
 def test_a_full_instance_answers_busy_with_end_and_readiness_follows(
-    ops: Any, logs: LogCapture
+    ops: Callable[..., Ops], logs: LogCapture
 ) -> None:
     o = ops(max_calls=2)
     host, port = o.server.tcp_address
@@ -182,7 +139,7 @@ def test_a_full_instance_answers_busy_with_end_and_readiness_follows(
     assert speak(host, port, "after", [SENTENCE]).chunks
 
 
-def test_readiness_says_draining_and_http_honours_allow(ops: Any) -> None:
+def test_readiness_says_draining_and_http_honours_allow(ops: Callable[..., Ops]) -> None:
     o = ops()
     o.lifecycle.drain()
     status, body = o.get("/readyz")
@@ -190,7 +147,7 @@ def test_readiness_says_draining_and_http_honours_allow(ops: Any) -> None:
     assert o.get("/healthz")[0] == 200
 
     settings = Settings(allow=parse_networks("10.0.0.0/8"))
-    app = create_app(o.server.metrics, o.lifecycle, settings.peer_allowed)
+    app = create_app(o.server.metrics, o.lifecycle, settings)
     http = HttpServer(app, "127.0.0.1", 0)
     http.start()
     try:
@@ -212,10 +169,10 @@ def test_http_port_in_use_fails_start_up() -> None:
             http.start()
 
 
-def _dummy() -> tuple[Any, Lifecycle, Any]:
+def _dummy() -> tuple[Any, Lifecycle, Settings]:
     from kokoro_service.metrics import Metrics
 
-    return Metrics(), Lifecycle(), lambda _host: True
+    return Metrics(), Lifecycle(), Settings()
 
 
 # ------------------------------------------------------------------------------ TLS

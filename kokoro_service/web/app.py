@@ -1,4 +1,5 @@
-"""The HTTP application: ``/metrics``, ``/healthz`` and ``/readyz``.
+"""The HTTP application: ``/metrics``, ``/healthz``, ``/readyz``, and OpenAI's speech API
+under ``/v1`` (:mod:`.openai`).
 
 ``/healthz`` answers 200 while the process serves or loads (a liveness probe: restart
 only what is wedged), 503 once a server thread has died.  ``/readyz`` answers 200 only
@@ -20,17 +21,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..config import Settings, is_loopback
 from ..metrics import Metrics
 from ..ratelimit import RateLimitedLog
 from ..readiness import Lifecycle
+from . import openai
 
 log = logging.getLogger("kokoro_service.web")
 
 
-def create_app(
-    metrics: Metrics, lifecycle: Lifecycle, peer_allowed: Callable[[str], bool]
-) -> ASGIApp:
-    """The ASGI app of the HTTP port, its clients limited to ``peer_allowed``."""
+def create_app(metrics: Metrics, lifecycle: Lifecycle, settings: Settings) -> ASGIApp:
+    """The ASGI app of the HTTP port, its clients limited to ``--allow``."""
 
     async def scrape(_: Request) -> Response:
         # Collecting takes the server's locks briefly: off the event loop.
@@ -50,9 +51,26 @@ def create_app(
             Route("/metrics", scrape, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *openai.routes(lifecycle, api_key=settings.api_key, open_to=speech_gate(settings)),
         ]
     )
-    return AllowList(app, peer_allowed)
+    return AllowList(app, settings.peer_allowed)
+
+
+def speech_gate(settings: Settings) -> Callable[[str], str | None]:
+    """Why a client may not use the speech API, or None: beyond loopback it needs TLS
+    on the HTTP port or ``--api-key``, since it spends the host's compute for anyone."""
+    guarded = is_loopback(settings.metrics_host) or settings.tls or settings.api_key is not None
+
+    def why_not(_host: str) -> str | None:
+        if guarded:
+            return None
+        return (
+            "the speech API is off: the HTTP port listens beyond loopback without TLS "
+            "(--tls-cert) or --api-key"
+        )
+
+    return why_not
 
 
 class AllowList:

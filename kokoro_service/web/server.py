@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -32,14 +33,21 @@ class HttpServer:
     error; ``stop()`` may be called from any thread, any number of times, and joins.
     """
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, *, tls: tuple[Path, Path] | None = None
+    ) -> None:
+        """``tls``: (certificate, key) to serve HTTPS.  Clients are not asked for
+        certificates here: health checkers and scrapers seldom have one."""
         self._config = uvicorn.Config(
             app,
             log_config=None,  # the daemon's logging stays as configured
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
         )
+        self.tls = tls is not None
         self._host, self._port = host, port
         self._server = uvicorn.Server(self._config)
         self._sock: socket.socket | None = None
@@ -74,7 +82,11 @@ class HttpServer:
             why = self._error or f"not serving after {START_TIMEOUT:g}s"
             self.stop()
             raise StartupError(f"the HTTP port failed to start: {why}") from self._error
-        log.info("http port %s:%d: /metrics /healthz /readyz", *self.address)
+        log.info(
+            "http port %s:%d%s: /metrics /healthz /readyz /v1/audio/speech",
+            *self.address,
+            " (tls)" if self.tls else "",
+        )
 
     def _run(self) -> None:
         try:

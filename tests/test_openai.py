@@ -1,0 +1,173 @@
+"""The OpenAI-style speech API on the HTTP port, called by the official ``openai`` client
+over real sockets, on the tiny random-weight checkpoint (sizes and behaviour; what the
+audio says is checked with real weights in test_intelligibility)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from kokoro_service.engine import Engine
+from kokoro_service.web.openai import wav_header
+
+from .conftest import Ops, wait_for
+from .test_server import expected_lengths
+
+TEXT = "Your appointment is on Tuesday at noon."
+
+
+def client(o: Ops, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=o.base + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def stream(o: Ops, **kw: Any) -> bytes:
+    args: dict[str, Any] = {"model": "kokoro", "voice": "af_sky", "input": TEXT}
+    args.update(kw)
+    with client(o).audio.speech.with_streaming_response.create(**args) as resp:
+        assert resp.status_code == 200
+        return b"".join(resp.iter_bytes())
+
+
+def post(o: Ops, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        o.base + "/v1/audio/speech",
+        data=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_pcm_and_wav_stream_the_calls_audio(ops: Callable[..., Ops], engine: Engine) -> None:
+    o = ops()
+    samples = sum(expected_lengths(engine, [TEXT]))
+    pcm = stream(o, response_format="pcm")
+    assert len(pcm) == 2 * samples
+    wav = stream(o, response_format="wav")
+    assert wav[:44] == wav_header(24000, 2)
+    assert len(wav) == 44 + len(pcm)  # the vocoder's noise differs from call to call
+    audio, rate = sf.read(io.BytesIO(wav[:44] + pcm), dtype="int16")
+    assert rate == 24000 and len(audio) == samples
+    started = o.server.metrics.registry.get_sample_value("kokoro_calls_started_total")
+    assert started == 2  # each request was a call, scheduled and counted like any other
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "flac"])
+def test_encoded_formats_decode_to_the_calls_length(
+    ops: Callable[..., Ops], engine: Engine, fmt: str
+) -> None:
+    o = ops()
+    data = stream(o, response_format=fmt)
+    audio, rate = sf.read(io.BytesIO(data))
+    samples = sum(expected_lengths(engine, [TEXT]))
+    assert rate == 24000
+    assert abs(len(audio) - samples) < 0.05 * samples  # codecs pad a frame or two
+
+
+def test_sse_sends_deltas_then_done(ops: Callable[..., Ops], engine: Engine) -> None:
+    o = ops()
+    raw = stream(o, response_format="pcm", extra_body={"stream_format": "sse"})
+    events = [json.loads(line[6:]) for line in raw.decode().splitlines() if line]
+    assert events[-1]["type"] == "speech.audio.done"
+    import base64
+
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert len(audio) == 2 * sum(expected_lengths(engine, [TEXT]))
+
+
+def test_speed_is_clamped_to_what_kokoro_speaks(ops: Callable[..., Ops], engine: Engine) -> None:
+    o = ops()
+    fast = stream(o, response_format="pcm", speed=4.0)
+    assert len(fast) == 2 * sum(expected_lengths(engine, [TEXT], speed=2.0))
+
+
+def test_bad_requests_get_clear_4xx(ops: Callable[..., Ops]) -> None:
+    o = ops()
+    good = {"model": "kokoro", "voice": "af_sky", "input": TEXT}
+    cases: list[tuple[bytes, int, str]] = [
+        (b"{not json", 400, "not JSON"),
+        (json.dumps([1]).encode(), 400, "JSON object"),
+        (json.dumps({**good, "voice": "nobody"}).encode(), 400, "nobody"),
+        (json.dumps({**good, "input": "  "}).encode(), 400, "input"),
+        (json.dumps({**good, "input": "a" * 70_000}).encode(), 400, "longer than 65536"),
+        (json.dumps({**good, "response_format": "aac"}).encode(), 400, "AAC"),
+        (json.dumps({**good, "response_format": "ogg"}).encode(), 400, "response_format"),
+        (json.dumps({**good, "speed": 9}).encode(), 400, "speed"),
+        (json.dumps({**good, "stream_format": "sse"}).encode(), 400, "sse"),
+        (b"x" * (2 << 20), 413, "at most"),
+    ]
+    for body, status, needle in cases:
+        got, answer = post(o, body)
+        assert got == status, (body[:40], answer)
+        assert needle in answer["error"]["message"], answer
+    with pytest.raises(openai.BadRequestError, match="nobody"):
+        stream(o, voice="nobody")
+    assert o.server.calls.opened == 0  # no call was opened for a bad request
+
+
+def test_models_and_voices_are_listed(ops: Callable[..., Ops]) -> None:
+    o = ops()
+    ids = [m.id for m in client(o).models.list()]
+    assert "kokoro" in ids and "tts-1" in ids
+    status, body = o.get("/v1/voices")
+    assert status == 200 and "af_sky" in body["voices"]
+
+
+def test_api_key_and_the_loopback_rule(ops: Callable[..., Ops]) -> None:
+    keyed = ops(api_key="s3cret")
+    with pytest.raises(openai.AuthenticationError):
+        stream(keyed)
+    ok = client(keyed, "s3cret").audio.speech.create(
+        model="kokoro", voice="af_sky", input=TEXT, response_format="pcm"
+    )
+    assert len(ok.content) > 0
+    # Beyond loopback with neither TLS nor a key, the API is off (health is not).
+    open_port = ops(metrics_host="0.0.0.0")
+    with pytest.raises(openai.PermissionDeniedError, match="off"):
+        stream(open_port)
+    assert open_port.get("/healthz")[0] == 200
+
+
+def test_a_full_instance_answers_503(ops: Callable[..., Ops]) -> None:
+    o = ops(max_calls=1)
+    from kokoro_service.client import Connection
+
+    with Connection(*o.server.tcp_address) as held:
+        held.hello("1")
+        assert wait_for(lambda: o.server.calls.full)
+        with pytest.raises(openai.InternalServerError) as info:
+            stream(o)
+        assert info.value.status_code == 503 and "busy" in str(info.value)
+        held.bye()
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_call(ops: Callable[..., Ops]) -> None:
+    o = ops()
+    long_text = " ".join([TEXT] * 200)
+    got_audio = threading.Event()
+    with client(o).audio.speech.with_streaming_response.create(
+        model="kokoro", voice="af_sky", input=long_text, response_format="pcm"
+    ) as resp:
+        for chunk in resp.iter_bytes():
+            if chunk:
+                got_audio.set()
+                break
+    assert got_audio.is_set()
+    assert wait_for(lambda: o.server.active_calls == 0, timeout=10)
+    synthesized = o.server.metrics.registry.get_sample_value(
+        "kokoro_segment_synthesis_seconds_count"
+    )
+    assert synthesized is not None and synthesized < 100  # far from the 200 sentences
+    assert np.isfinite(synthesized)
