@@ -39,7 +39,15 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.callers import TEXT_THREE, playback  # noqa: E402
-from benchmarks.harness import Daemon, host_facts, log, rounded, strict_json, summary  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Daemon,
+    host_facts,
+    log,
+    print_table,
+    rounded,
+    strict_json,
+    summary,
+)
 from kokoro_service.client import Connection  # noqa: E402
 
 MODES = {"limited": [], "unlimited": ["--max-calls", "0"]}
@@ -184,9 +192,7 @@ def table(res: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ns = parse_args(argv)
     if ns.table is not None:
-        saved: dict[str, Any] = json.loads(ns.table.read_text(encoding="utf-8"))
-        print(table(saved))
-        return saved
+        return print_table(ns.table, table)
     t0 = time.monotonic()
     host = host_facts()
     res: dict[str, Any] = {

@@ -77,6 +77,13 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ the machine
 
 
+def print_table(path: Path, table: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """``--table RESULT.json``: print the README table that ``table`` makes of a result."""
+    saved: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    print(table(saved))
+    return saved
+
+
 def strict_json(obj: Any) -> Any:
     """``obj`` with NaN and infinity as null and paths as strings: results are strict JSON."""
     if isinstance(obj, float):

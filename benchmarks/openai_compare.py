@@ -34,7 +34,15 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.callers import TEXT_ONE, TEXT_THREE  # noqa: E402
-from benchmarks.harness import Daemon, host_facts, log, rounded, strict_json, summary  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Daemon,
+    host_facts,
+    log,
+    print_table,
+    rounded,
+    strict_json,
+    summary,
+)
 from kokoro_service.client import Connection  # noqa: E402
 
 TEXTS = {"one_sentence": TEXT_ONE, "three_sentence": TEXT_THREE}
@@ -116,9 +124,7 @@ def table(res: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ns = parse_args(argv)
     if ns.table is not None:
-        saved: dict[str, Any] = json.loads(ns.table.read_text(encoding="utf-8"))
-        print(table(saved))
-        return saved
+        return print_table(ns.table, table)
     import openai
 
     t_start = time.monotonic()

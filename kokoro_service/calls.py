@@ -130,12 +130,14 @@ class Calls:
         self.pacing = pacing
         self._lock = threading.Lock()
         self._calls: dict[str, Call] = {}
+        self._reserved: set[str] = set()
+        """Places held for in-process adapters' calls whose HELLO is on its way."""
         self._by_work: dict[int, Call] = {}
         self._ending: list[Call] = []
         # A peer may repeat a refused TEXT or CONTROL frame without end: one line per call
         # and kind every few seconds, with a count of the rest.
         self._refusals = RateLimitedLog(log)
-        # One line every few seconds however fast refused callers retry.
+        # One line per peer every few seconds however fast refused callers retry.
         self._busy = RateLimitedLog(log)
         self.opened = 0
         self.ended = 0
@@ -150,7 +152,28 @@ class Calls:
     def full(self) -> bool:
         """Whether ``max_calls`` calls are open: a HELLO now would be refused as busy."""
         with self._lock:
-            return self.max_calls is not None and len(self._calls) >= self.max_calls
+            return self._full()
+
+    def _full(self) -> bool:
+        open_or_held = len(self._calls) + len(self._reserved)
+        return self.max_calls is not None and open_or_held >= self.max_calls
+
+    def reserve(self, call_id: str, peer: str) -> bool:
+        """Hold a place for ``call_id`` before its HELLO is sent (the Wyoming and HTTP
+        adapters), so that they can answer "busy" in their own protocol rather than get an
+        END that reads as silence.  False, logged and counted as busy, when full."""
+        with self._lock:
+            if not self._full():
+                self._reserved.add(call_id)
+                return True
+            active = len(self._calls)
+        self.refuse_busy(call_id, peer, active)
+        return False
+
+    def release(self, call_id: str) -> None:
+        """Give back a place :meth:`reserve` held whose HELLO will never come."""
+        with self._lock:
+            self._reserved.discard(call_id)
 
     def get(self, call_id: str) -> Call | None:
         with self._lock:
@@ -170,6 +193,8 @@ class Calls:
         """HELLO: a new call whose audio goes back on ``conn`` until a sink registers."""
         s = self.settings
         with self._lock:
+            held = call_id in self._reserved  # a place reserve() kept for it
+            self._reserved.discard(call_id)
             other = self._calls.get(call_id)
             if other is not None:
                 log.warning(
@@ -180,7 +205,7 @@ class Calls:
                 )
                 self.metrics.refused(Refusal.DUPLICATE.value)
                 return Refusal.DUPLICATE
-            if self.max_calls is not None and len(self._calls) >= self.max_calls:
+            if not held and self._full():
                 self.refuse_busy(call_id, peer, len(self._calls))
                 return Refusal.BUSY
             route = CallRoute(
@@ -223,7 +248,7 @@ class Calls:
     def refuse_busy(self, call_id: str, peer: str, active: int | None = None) -> None:
         """Log and count a call refused because ``max_calls`` are open (PROTOCOL.md 5.3)."""
         self._busy.warning(
-            "busy",
+            f"busy:{peer.rsplit(':', 1)[0]}",
             "busy: call refused call=%s peer=%s: %d calls active, max_calls=%s",
             call_id,
             peer,

@@ -278,8 +278,8 @@ class Settings:
     )
     tls_cert: Path | None = knob(
         None,
-        "PEM certificate (chain) of this instance: the text port then speaks TLS only, "
-        "and the instance presents it to the audio processors it dials over TLS.",
+        "PEM certificate (chain) of this instance: the text port then speaks TLS only "
+        "(and the HTTP port HTTPS); it is presented to audio processors dialed over TLS.",
     )
     tls_key: Path | None = knob(None, "PEM private key of --tls-cert.")
     tls_client_ca: Path | None = knob(
@@ -287,8 +287,8 @@ class Settings:
     )
     tls_sink_ca: Path | None = knob(
         None,
-        "PEM CA bundle that audio processors' certificates must chain to.",
-        shown="--tls-client-ca, else the system's trust store",
+        "PEM CA bundle: audio processors are dialed over TLS, their certificates checked "
+        "against it. Unset: sink connections stay plaintext, as seed processors expect.",
     )
     warmup: bool = knob(True, "Synthesize before accepting connections (the start-up self-test).")
     ready_file: Path | None = knob(
@@ -324,9 +324,8 @@ class Settings:
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together", "tls_key")
-        for name in ("tls_client_ca", "tls_sink_ca"):
-            if getattr(self, name) is not None and self.tls_cert is None:
-                raise ConfigError("needs --tls-cert and --tls-key", name)
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("needs --tls-cert and --tls-key", "tls_client_ca")
         if not self.lang.strip():
             raise ConfigError("must not be empty", "lang")
         try:

@@ -18,6 +18,7 @@ from .config import TICK, Settings
 from .errors import ProtocolError, TlsError
 from .protocol import END_FRAME, Bye, Control, Hello, Keepalive, Text, TextStreamDecoder
 from .ratelimit import RateLimitedLog
+from .tls import PEER_CLOSED_IN_HANDSHAKE
 from .writers import Conn
 
 log = logging.getLogger("kokoro_service.connection")
@@ -57,9 +58,11 @@ class TextConnection:
         self._stopped = stopped
         self._noise = noise if noise is not None else RateLimitedLog(log)
         self.call: Call | None = None
+        self._opened = time.monotonic()
 
     def serve(self) -> None:
         reason = ""
+        self._opened = time.monotonic()  # --hello-timeout covers a TLS handshake and HELLO
         try:
             if not self._handshake():
                 return  # logged and closed there
@@ -86,16 +89,18 @@ class TextConnection:
         if handshake is None:
             return True
         try:
-            handshake(self.settings.hello_timeout)
+            handshake(max(0.0, self._opened + self.settings.hello_timeout - time.monotonic()))
         except TlsError as exc:
-            # A port scanner or a misconfigured client can do this in a loop.
-            self._noise.warning(
-                f"tls:{self.peer.rsplit(':', 1)[0]}",
-                "connection refused peer=%s: TLS handshake failed: %s",
-                self.peer,
-                exc,
-            )
-            self.calls.metrics.refused("tls")
+            key = f"tls:{self.peer.rsplit(':', 1)[0]}"
+            if str(exc) == PEER_CLOSED_IN_HANDSHAKE:
+                # A TCP health check or a port probe: connected and left, no refusal.
+                self._noise.info(key, "connection closed peer=%s before TLS", self.peer)
+            else:
+                # A port scanner or a misconfigured client can do this in a loop.
+                self._noise.warning(
+                    key, "connection refused peer=%s: TLS handshake failed: %s", self.peer, exc
+                )
+                self.calls.metrics.refused("tls")
             close_quietly(self.conn)
             return False
         return True
@@ -137,7 +142,7 @@ class TextConnection:
         conn = self.conn
         conn.settimeout(TICK)
         decoder = TextStreamDecoder(s.max_text_bytes)
-        opened = last_frame = time.monotonic()
+        opened, last_frame = self._opened, time.monotonic()
         frame_started: float | None = None
         head = b""
         log.debug("connection opened peer=%s", self.peer)

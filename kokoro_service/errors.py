@@ -79,3 +79,20 @@ class TlsError(KokoroServiceError, OSError):
     An ``OSError`` too, so the code that treats a broken socket as a lost peer treats a
     broken TLS session the same way.
     """
+
+
+class SpeechRequestError(KokoroServiceError):
+    """A ``/v1/audio/speech`` request that cannot be served: its HTTP status, and the
+    field and code of OpenAI's error body."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.code = code
+
+
+class CallIncompleteError(KokoroServiceError):
+    """An adapter's call ended without END: the audio it relayed is incomplete."""

@@ -70,15 +70,15 @@ class Server:
         self.registry = Registry(settings.max_registrations, settings.registration_ttl)
         self.pacing = Pacing(settings.workers)
         # Both contexts read their files now: a bad one fails start-up, not a call.
-        self._tls: ssl.SSLContext | None = None
-        sink_tls = None
-        if settings.tls_cert is not None and settings.tls_key is not None:
-            from .tls import client_context, server_context
+        from .tls import client_context, server_context
 
+        self._tls: ssl.SSLContext | None = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
             self._tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-            sink_tls = client_context(
-                settings.tls_cert, settings.tls_key, settings.tls_sink_ca or settings.tls_client_ca
-            )
+        # Sinks only on request: a seed processor's port reads plaintext frames.
+        sink_tls = None
+        if settings.tls_sink_ca is not None:
+            sink_tls = client_context(settings.tls_cert, settings.tls_key, settings.tls_sink_ca)
         self.calls = Calls(
             settings,
             engine,
@@ -318,6 +318,23 @@ class Server:
             )
         close_quietly(conn)
         return False
+
+    def open_local_call(self, call_id: str, peer: str) -> socket.socket | None:
+        """A connection for an in-process adapter's call (Wyoming, HTTP), or None when the
+        instance is full (logged and counted as busy) or refuses connections.
+
+        The call's place under ``--max-calls`` is held from now until its HELLO arrives,
+        so the adapter can answer "busy" in its own protocol: an END alone would read as
+        silence to its client.  Write HELLO first on the socket returned.
+        """
+        if not self.calls.reserve(call_id, peer):
+            return None
+        ours, theirs = socket.socketpair()
+        if not self.serve_connection(ours, peer):
+            self.calls.release(call_id)
+            theirs.close()
+            return None
+        return theirs
 
     # ------------------------------------------------------------------ UDP
 

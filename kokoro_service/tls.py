@@ -47,7 +47,10 @@ from .errors import ConfigError, TlsError
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["TlsConn", "client_context", "server_context"]
+__all__ = ["PEER_CLOSED_IN_HANDSHAKE", "TlsConn", "client_context", "server_context"]
+
+# The reason of a handshake the peer left before finishing (a TCP health check, a probe).
+PEER_CLOSED_IN_HANDSHAKE = "peer closed during the TLS handshake"
 
 # Plaintext taken per SSLObject.write: a few full records, and a bound on the encrypted
 # bytes held in memory before they reach the socket.
@@ -225,7 +228,7 @@ def _describe(exc: ssl.SSLError, *, server_side: bool, handshake: bool) -> str:
     if reason == "NO_SHARED_CIPHER":
         return "no TLS cipher in common"
     if isinstance(exc, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
-        return "peer closed during the TLS handshake" if handshake else "peer closed abruptly"
+        return PEER_CLOSED_IN_HANDSHAKE if handshake else "peer closed abruptly"
     if _ALERT.match(reason):
         if words in _CERT_ALERTS:
             return f"peer rejected our certificate: {words}"
@@ -671,7 +674,7 @@ class TlsConn:
                     s.handshaken = True
                     return
                 if s.raw_eof:
-                    raise TlsError("peer closed during the TLS handshake")
+                    raise TlsError(PEER_CLOSED_IN_HANDSHAKE)
                 if s.pull():
                     continue
                 if not _wait(s.raw.fileno(), select.POLLIN, deadline):
@@ -680,7 +683,7 @@ class TlsConn:
             raise
         except OSError as exc:
             if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-                raise TlsError("peer closed during the TLS handshake") from exc
+                raise TlsError(PEER_CLOSED_IN_HANDSHAKE) from exc
             raise TlsError(f"TLS handshake failed: {exc.strerror or exc}") from exc
 
     def settimeout(self, value: float | None) -> None:

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .errors import DestinationError
+from .errors import DestinationError, TlsError
 from .protocol import (
     SAMPLE_RATE,
     audio_payload,
@@ -308,6 +308,19 @@ class SinkWriter(FrameWriter):
                     " tls" if self._tls is not None else "",
                 )
                 return conn
+            except TlsError as exc:
+                # The processor was reached and TLS failed (its certificate, or ours):
+                # configuration, which trying again will not mend.
+                log.warning(
+                    "sink TLS failed call=%s sink=%s:%d: %s",
+                    self.call_id,
+                    self.host,
+                    self.port,
+                    exc,
+                )
+                raise DestinationError(
+                    f"TLS to sink {self.host}:{self.port} failed: {exc}"
+                ) from exc
             except OSError as exc:
                 last = exc.strerror or str(exc)
                 log.warning(

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import socket
 import threading
+import uuid
 from typing import TYPE_CHECKING
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -82,7 +82,6 @@ _VOICE_LANGUAGES = {
 }
 _LANG_CODES = {"en": "a", "en-us": "a", "en-gb": "b"} | {v: k for k, v in _VOICE_LANGUAGES.items()}
 _ATTRIBUTION = Attribution(name="hexgrad", url="https://huggingface.co/hexgrad/Kokoro-82M")
-_call_ids = itertools.count(1)
 
 
 def _text(event: Event) -> str:
@@ -318,17 +317,10 @@ class WyomingHandler(AsyncEventHandler):
             lang = _LANG_CODES.get(voice.language.strip().lower().replace("_", "-"), lang)
         if voice is not None and (voice.name or lang):
             control = Control(format="s16le", voice=voice.name or None, lang=lang)
-        ours, theirs = socket.socketpair()
-        call_id = f"wyoming-{next(_call_ids)}"
-        # A full instance (--max-calls) would answer the call's HELLO with END alone,
-        # which a Wyoming client would take for silence: say busy instead.  (A call that
-        # fills the last place between this check and the HELLO still gets that END.)
-        full = self.server.calls.full
-        if full:
-            self.server.calls.refuse_busy(call_id, f"wyoming:{self.peer}")
-        if full or not self.server.serve_connection(ours, f"wyoming:{self.peer}"):
-            ours.close()
-            theirs.close()
+        call_id = f"wyoming-{uuid.uuid4().hex[:16]}"  # no text-port call can take it
+        peer = f"wyoming:{self.peer}"
+        theirs = self.server.open_local_call(call_id, peer)
+        if theirs is None:
             await self.write_event(Error(text="server busy", code="busy").event())
             return None
         reader, writer = await asyncio.open_connection(sock=theirs)

@@ -8,6 +8,8 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from kokoro_service.metrics import REFUSALS, end_reason_label
 from kokoro_service.protocol import Audio, End
 from kokoro_service.readiness import Lifecycle
 from kokoro_service.server import Server
-from kokoro_service.web.app import create_app
+from kokoro_service.web.app import create_app, speech_gate
 from kokoro_service.web.server import HttpServer
 
 from .conftest import (
@@ -296,6 +298,29 @@ def test_sink_connections_use_tls_and_an_untrusted_sink_falls_back(
     finally:
         good.close()
         bad.close()
+
+
+def test_the_http_port_speaks_https_with_the_daemons_certificate(
+    ops: Callable[..., Ops], pki: Pki
+) -> None:
+    o = ops()
+    app = create_app(o.server.metrics, o.lifecycle, o.server.settings)
+    http = HttpServer(app, "127.0.0.1", 0, tls=(pki.cert, pki.cert))
+    http.start()
+    try:
+        host, port = http.address
+        ctx = pki.client_context()
+        with urllib.request.urlopen(f"https://{host}:{port}/healthz", context=ctx) as resp:
+            assert resp.status == 200
+        with pytest.raises(OSError):  # plain HTTP on the HTTPS port: closed unanswered
+            urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5)
+    finally:
+        http.stop()
+    # Beyond loopback the speech API needs TLS or a key; with either it is on.
+    assert speech_gate(Settings(metrics_host="0.0.0.0"))("10.0.0.1") is not None
+    tls = Settings(metrics_host="0.0.0.0", tls_cert=pki.cert, tls_key=pki.cert)
+    assert speech_gate(tls)("10.0.0.1") is None
+    assert speech_gate(Settings(metrics_host="0.0.0.0", api_key="k"))("10.0.0.1") is None
 
 
 def test_beyond_loopback_without_tls_warns(

@@ -255,7 +255,9 @@ def _settled(server: Server, baseline_threads: int) -> bool:
 
 
 @pytest.mark.slow
-def test_thousand_calls_leak_nothing(daemon: DaemonFactory, logs: LogCapture) -> None:
+def test_500_calls_leak_nothing(daemon: DaemonFactory, logs: LogCapture) -> None:
+    # 500, not 1000: the same four kinds of call, and a leak of one thread, descriptor
+    # or buffer per call still shows 125 times over; the other 500 cost CI half a minute.
     server = daemon(workers=2)
     host, port = server.tcp_address
     for i in range(30):  # warm every code path before the baseline
@@ -263,7 +265,7 @@ def test_thousand_calls_leak_nothing(daemon: DaemonFactory, logs: LogCapture) ->
     assert wait_for(lambda: server.active_calls == 0)
     time.sleep(0.5)
     threads0, fds0, rss0 = threading.active_count(), _fds(), _rss_kb()
-    for i in range(1000):
+    for i in range(500):
         kind = i % 4
         if kind == 0:
             assert speak(host, port, f"c{i}", ["Hi."], timeout=TEST_TIMEOUT).ended
@@ -294,13 +296,13 @@ def test_thousand_calls_leak_nothing(daemon: DaemonFactory, logs: LogCapture) ->
 
 @pytest.mark.slow
 def test_soak_mixed_clients(daemon: DaemonFactory, engine: Engine, logs: LogCapture) -> None:
-    """A minute of valid, invalid, cancelling and vanishing clients at once
+    """40 seconds of valid, invalid, cancelling and vanishing clients at once
     (KOKORO_SOAK_SECONDS sets how long)."""
     server = daemon(workers=2, hello_timeout=2.0)
     host, port = server.tcp_address
     texts = ["Hello there, how are you?", "Your order ships today. Thanks!"]
     clean = {t: expected_lengths(engine, [t]) for t in texts}
-    deadline = time.monotonic() + float(os.environ.get("KOKORO_SOAK_SECONDS", "60"))
+    deadline = time.monotonic() + float(os.environ.get("KOKORO_SOAK_SECONDS", "40"))
     failures: list[str] = []
     counts = {"valid": 0, "invalid": 0, "cancel": 0, "vanish": 0}
     lock = threading.Lock()

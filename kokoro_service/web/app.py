@@ -60,7 +60,18 @@ def create_app(metrics: Metrics, lifecycle: Lifecycle, settings: Settings) -> AS
 def speech_gate(settings: Settings) -> Callable[[str], str | None]:
     """Why a client may not use the speech API, or None: beyond loopback it needs TLS
     on the HTTP port or ``--api-key``, since it spends the host's compute for anyone."""
-    guarded = is_loopback(settings.metrics_host) or settings.tls or settings.api_key is not None
+    local = is_loopback(settings.metrics_host)
+    guarded = local or settings.tls or settings.api_key is not None
+    if not local and settings.api_key is None:
+        if settings.tls:
+            log.warning(
+                "the speech API on %s is open to every client in --allow (TLS, no --api-key)",
+                settings.metrics_host,
+            )
+        else:
+            log.warning(
+                "the speech API is off: the HTTP port is beyond loopback without TLS or --api-key"
+            )
 
     def why_not(_host: str) -> str | None:
         if guarded:

@@ -6,23 +6,21 @@ phone call arrives on the text port: the same scheduler, limits (``--max-calls``
 included), metrics and shutdown.  The call asks for s16le at 24 kHz; ``pcm`` and ``wav``
 stream each AUDIO frame as it comes, so the first bytes leave with the first segment;
 ``mp3``, ``opus`` and ``flac`` are encoded by libsndfile once the reply is whole, since
-their encoders need the whole stream to finish.  A client that goes away mid-stream
-cancels its call at once.
+their encoders need the whole stream to finish.  A client that goes away closes its
+call's socket, and the daemon drops the call's queued segments at its next frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
-import itertools
 import json
 import logging
 import math
-import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..errors import ProtocolError, VoiceError
+from ..errors import CallIncompleteError, ProtocolError, SpeechRequestError, VoiceError
 from ..protocol import (
     CONTROL_SPEED_RANGE,
     SAMPLE_RATE,
@@ -64,25 +62,18 @@ ENCODED = {
 STREAMED = {"pcm": "audio/pcm", "wav": "audio/wav"}
 UNSUPPORTED = {"aac": "no AAC encoder is installed (libsndfile has none)"}
 MAX_BODY_BYTES = 1 << 20
+# The whole reply is held to encode mp3, opus and flac: OpenAI's own input limit bounds it
+# (about 5 minutes of speech, 14 MB of samples).
+MAX_ENCODED_INPUT_CHARS = 4096
+MAX_VOICE_CHARS = 1024
 _WIDTH = 2
-_call_ids = itertools.count(1)
 
 
-class RequestError(Exception):
-    """A request that cannot be served: its status and OpenAI-style error body."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-        self.code = code
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        body = {"message": str(self), "type": kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
+def error_response(exc: SpeechRequestError) -> JSONResponse:
+    """OpenAI's error body for ``exc``."""
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    body = {"message": str(exc), "type": kind, "param": exc.param, "code": exc.code}
+    return JSONResponse({"error": body}, status_code=exc.status)
 
 
 @dataclass(frozen=True)
@@ -109,17 +100,19 @@ def routes(
                 host = request.client.host if request.client else ""
                 why = open_to(host)
                 if why is not None:
-                    raise RequestError(403, why, code="endpoint_off")
+                    raise SpeechRequestError(403, why, code="endpoint_off")
                 if api_key is not None:
                     given = request.headers.get("authorization", "")
                     if given != f"Bearer {api_key}":
                         noise.warning(
                             f"key:{host}", "openai request refused peer=%s: bad API key", host
                         )
-                        raise RequestError(401, "missing or wrong API key", code="invalid_api_key")
+                        raise SpeechRequestError(
+                            401, "missing or wrong API key", code="invalid_api_key"
+                        )
                 return await handler(request)
-            except RequestError as exc:
-                return exc.response()
+            except SpeechRequestError as exc:
+                return error_response(exc)
 
         return guarded
 
@@ -135,8 +128,11 @@ def routes(
     async def speech(request: Request) -> Response:
         server = _server(lifecycle)
         body = await _read_json(request)
-        req = parse_speech(body, server)
-        return await _speak(server, req, request.client.host if request.client else "?")
+        try:
+            req = parse_speech(body, server)
+        except (TypeError, ValueError, OverflowError) as exc:  # UnicodeError too
+            raise SpeechRequestError(400, f"the body cannot be used: {exc}") from None
+        return await _speak(server, req, request)
 
     return [
         Route("/v1/audio/speech", guard(speech), methods=["POST"]),
@@ -149,97 +145,105 @@ def routes(
 def _server(lifecycle: Lifecycle) -> Server:
     server = lifecycle.server
     if server is None or lifecycle.draining:
-        raise RequestError(503, "not ready: " + lifecycle.readiness()[1], code="not_ready")
+        raise SpeechRequestError(503, "not ready: " + lifecycle.readiness()[1], code="not_ready")
     return server
 
 
 async def _read_json(request: Request) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise RequestError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+        raise SpeechRequestError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
     raw = bytearray()
     async for chunk in request.stream():  # bounded as it arrives, whatever the header said
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
-            raise RequestError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+            raise SpeechRequestError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, f"the body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge ints, deep nesting
+        raise SpeechRequestError(400, f"the body is not JSON: {exc}") from None
 
 
 def parse_speech(body: Any, server: Server) -> SpeechRequest:
     """Check a request body against what OpenAI documents and what the daemon can do."""
     if not isinstance(body, dict):
-        raise RequestError(400, "the body must be a JSON object")
+        raise SpeechRequestError(400, "the body must be a JSON object")
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
-        raise RequestError(400, "'input' must be a non-empty string", param="input")
+        raise SpeechRequestError(400, "'input' must be a non-empty string", param="input")
     limit = server.settings.max_text_bytes
     if len(text.encode("utf-8")) > limit:
-        raise RequestError(
+        raise SpeechRequestError(
             400, f"'input' is longer than {limit} bytes (--max-text-bytes)", param="input"
         )
     voice = body.get("voice")
     if isinstance(voice, dict):  # the newer SDKs may send {"id": ...}
         voice = voice.get("id")
     if not isinstance(voice, str) or not voice.strip():
-        raise RequestError(400, "'voice' must name a voice or a blend", param="voice")
+        raise SpeechRequestError(400, "'voice' must name a voice or a blend", param="voice")
+    if len(voice) > MAX_VOICE_CHARS:
+        raise SpeechRequestError(400, f"'voice' is longer than {MAX_VOICE_CHARS}", param="voice")
     try:
         server.engine.voices.check(voice)
     except VoiceError as exc:
-        raise RequestError(400, str(exc), param="voice", code="unknown_voice") from None
+        raise SpeechRequestError(400, str(exc), param="voice", code="unknown_voice") from None
     speed = body.get("speed", 1.0)
     lo, hi = OPENAI_SPEED_RANGE
-    if (
-        isinstance(speed, bool)
-        or not isinstance(speed, int | float)
-        or not math.isfinite(speed)
-        or not lo <= speed <= hi
-    ):
-        raise RequestError(400, f"'speed' must be a number from {lo} to {hi}", param="speed")
+    try:
+        value = math.nan if isinstance(speed, bool) else float(speed)
+    except (TypeError, ValueError, OverflowError):  # not a number, or a 400-digit one
+        value = math.nan
+    if not isinstance(speed, int | float) or not lo <= value <= hi:  # NaN fails too
+        raise SpeechRequestError(400, f"'speed' must be a number from {lo} to {hi}", param="speed")
     fmt = body.get("response_format", "mp3")
+    if not isinstance(fmt, str):
+        raise SpeechRequestError(400, "'response_format' must be a string", param="response_format")
     if fmt in UNSUPPORTED:
-        raise RequestError(400, f"'{fmt}': {UNSUPPORTED[fmt]}", param="response_format")
+        raise SpeechRequestError(400, f"'{fmt}': {UNSUPPORTED[fmt]}", param="response_format")
     if fmt not in STREAMED and fmt not in ENCODED:
         known = ", ".join([*STREAMED, *ENCODED])
-        raise RequestError(
+        raise SpeechRequestError(
             400, f"'response_format' must be one of {known}", param="response_format"
         )
+    if fmt in ENCODED and len(text) > MAX_ENCODED_INPUT_CHARS:
+        raise SpeechRequestError(
+            400,
+            f"'input' is longer than {MAX_ENCODED_INPUT_CHARS} characters, the limit for "
+            f"'{fmt}', which is encoded whole; 'pcm' and 'wav' stream longer input",
+            param="input",
+        )
     stream_format = body.get("stream_format", "audio")
-    if stream_format not in ("audio", "sse"):
-        raise RequestError(400, "'stream_format' must be 'audio' or 'sse'", param="stream_format")
+    if not isinstance(stream_format, str) or stream_format not in ("audio", "sse"):
+        raise SpeechRequestError(
+            400, "'stream_format' must be 'audio' or 'sse'", param="stream_format"
+        )
     if stream_format == "sse" and fmt != "pcm":
-        raise RequestError(
+        raise SpeechRequestError(
             400, "'stream_format' 'sse' needs 'response_format' 'pcm'", param="stream_format"
         )
-    clamped = min(max(float(speed), CONTROL_SPEED_RANGE[0]), CONTROL_SPEED_RANGE[1])
+    clamped = min(max(value, CONTROL_SPEED_RANGE[0]), CONTROL_SPEED_RANGE[1])
     return SpeechRequest(text, voice, clamped, fmt, stream_format)
 
 
-async def _speak(server: Server, req: SpeechRequest, client: str) -> Response:
+async def _speak(server: Server, req: SpeechRequest, request: Request) -> Response:
     """Open the call and answer with its audio, streamed as it is synthesized."""
-    call_id = f"http-{next(_call_ids)}"
-    peer = f"http:{client}"
-    if server.calls.full:
-        server.calls.refuse_busy(call_id, peer)
-        raise RequestError(503, "server busy: --max-calls calls are open", code="busy")
-    ours, theirs = socket.socketpair()
-    if not server.serve_connection(ours, peer):
-        theirs.close()
-        raise RequestError(503, "server busy: no connection free", code="busy")
-    reader, writer = await asyncio.open_connection(sock=theirs)
+    call_id = f"http-{uuid.uuid4().hex[:16]}"  # unguessable: no text-port call can take it
+    peer = f"http:{request.client.host if request.client else '?'}"
     control = Control(format="s16le", voice=req.voice, speed=req.speed)
-    max_text = server.settings.max_text_bytes
-    writer.write(
+    frames_out = (
         encode_hello(call_id)
         + encode_control(control)
-        + encode_text(req.input, max_text)
+        + encode_text(req.input, server.settings.max_text_bytes)
         + encode_bye()
-    )
+    )  # built first: a frame that cannot be encoded opens no call
+    theirs = server.open_local_call(call_id, peer)
+    if theirs is None:
+        raise SpeechRequestError(503, "server busy: the instance is full", code="busy")
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    writer.write(frames_out)
     frames = _frames(call_id, reader, writer)
     if req.response_format in ENCODED:
-        return await _encoded(frames, req.response_format)
+        return await _encoded(frames, req.response_format, request)
     if req.stream_format == "sse":
         return StreamingResponse(_sse(frames), media_type="text/event-stream")
     body = _pcm(frames) if req.response_format == "pcm" else _wav(frames)
@@ -248,11 +252,12 @@ async def _speak(server: Server, req: SpeechRequest, client: str) -> Response:
 
 async def _frames(
     call_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> AsyncIterator[bytes]:
-    """The call's samples (s16le), frame by frame, until END.
+) -> AsyncGenerator[bytes, None]:
+    """The call's samples (s16le), frame by frame, until END; then
+    :class:`CallIncompleteError` if the call ended without it.
 
-    Leaving early (the client went away, or the response was cancelled) cancels the
-    call, so its queued segments are dropped at once rather than synthesized for no one.
+    Leaving early (the client went away) closes the socket: the daemon's next frame for
+    the call fails, and the call's queued segments are dropped then.
     """
     decoder = AudioStreamDecoder(width=_WIDTH)
     ended = False
@@ -266,15 +271,13 @@ async def _frames(
                     yield frame.samples
                 elif isinstance(frame, End):
                     ended = True
-        if not ended:
-            log.warning("openai call=%s: the call ended without END", call_id)
     except (ConnectionError, ProtocolError) as exc:
         log.warning("openai call=%s: %s", call_id, exc)
     finally:
-        if not ended:
-            with contextlib.suppress(OSError):
-                writer.write(encode_control(Control(cancel=True)))
         writer.close()
+    if not ended:
+        log.warning("openai call=%s: the call ended without END", call_id)
+        raise CallIncompleteError(f"call {call_id} ended without END")
 
 
 async def _pcm(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -299,16 +302,28 @@ async def _sse(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
 
 
-async def _encoded(frames: AsyncIterator[bytes], fmt: str) -> Response:
-    """The whole reply, then encoded by libsndfile (in a thread: it takes a while)."""
+async def _encoded(frames: AsyncGenerator[bytes, None], fmt: str, request: Request) -> Response:
+    """The whole reply, then encoded by libsndfile (in a thread: it takes a while).
+
+    No response is under way yet, so nothing would notice a client that left: look for
+    its disconnect between frames, and stop the call then.
+    """
     pcm = bytearray()
-    async for samples in frames:
-        pcm += samples
-    encoded = await asyncio.to_thread(encode_audio, bytes(pcm), fmt)
+    try:
+        async for samples in frames:
+            pcm += samples
+            if await request.is_disconnected():
+                log.info("openai client gone before its %s was ready; call stopped", fmt)
+                return Response(status_code=499)
+    except CallIncompleteError as exc:
+        raise SpeechRequestError(500, f"synthesis failed: {exc}", code="synthesis_failed") from None
+    finally:
+        await frames.aclose()
+    encoded = await asyncio.to_thread(encode_audio, pcm, fmt)
     return Response(encoded, media_type=ENCODED[fmt][2])
 
 
-def encode_audio(pcm: bytes, fmt: str) -> bytes:
+def encode_audio(pcm: bytes | bytearray, fmt: str) -> bytes:
     import soundfile as sf
 
     container, subtype, _ = ENCODED[fmt]

@@ -44,6 +44,8 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            # --allow judges the connecting address; no header may stand in for it.
+            proxy_headers=False,
             ssl_certfile=str(tls[0]) if tls else None,
             ssl_keyfile=str(tls[1]) if tls else None,
         )
