@@ -132,7 +132,8 @@ class Settings:
     )
     metrics_port: int | None = knob(
         None,
-        "HTTP port for /metrics (Prometheus), /healthz and /readyz (0: any free port).",
+        "HTTP port for /metrics (Prometheus), /healthz, /readyz and the OpenAI-style "
+        "speech API under /v1 (0: any free port).",
         lo=0,
         hi=65535,
         shown="off",

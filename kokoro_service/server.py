@@ -26,6 +26,7 @@ from .protocol import Register, parse_datagram
 from .ratelimit import RateLimitedLog
 from .routing import Registry
 from .scheduler import Scheduler
+from .tls import TlsConn, client_context, server_context
 from .workers import BatchCounts, Worker
 from .writers import Conn
 
@@ -70,8 +71,6 @@ class Server:
         self.registry = Registry(settings.max_registrations, settings.registration_ttl)
         self.pacing = Pacing(settings.workers)
         # Both contexts read their files now: a bad one fails start-up, not a call.
-        from .tls import client_context, server_context
-
         self._tls: ssl.SSLContext | None = None
         if settings.tls_cert is not None and settings.tls_key is not None:
             self._tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
@@ -130,9 +129,7 @@ class Server:
         s = self.settings
         self._tcp, self._udp = _bind(s)
         allowed = ",".join(str(n) for n in s.allow)
-        if is_loopback(s.host):
-            pass
-        elif self._tls is None:
+        if not is_loopback(s.host) and self._tls is None:
             log.warning(
                 "listening on %s, beyond loopback, without TLS: text and audio cross the "
                 "network in clear and unauthenticated (set --tls-cert and --tls-key); only "
@@ -140,7 +137,7 @@ class Server:
                 s.host,
                 allowed,
             )
-        else:
+        elif not is_loopback(s.host):
             log.info(
                 "listening on %s over TLS; only peers in --allow (%s) are served", s.host, allowed
             )
@@ -275,8 +272,6 @@ class Server:
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
-                from .tls import TlsConn
-
                 # The handshake runs in the connection's own thread, within --hello-timeout,
                 # so a peer that never finishes it holds up no one else.
                 self.serve_connection(TlsConn.server(conn, self._tls), peer)

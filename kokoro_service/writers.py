@@ -30,6 +30,7 @@ from .protocol import (
     encode_words_header,
     sample_width,
 )
+from .tls import TlsConn
 
 log = logging.getLogger("kokoro_service.writers")
 
@@ -258,8 +259,8 @@ class FrameWriter:
 
 
 class SinkWriter(FrameWriter):
-    """Writer to an audio processor: dials ``host:port`` with backoff (over TLS when the
-    daemon has a certificate, PROTOCOL.md 5.5), then sends HELLO."""
+    """Writer to an audio processor: dials ``host:port`` with backoff (over TLS when given
+    a context: ``--tls-sink-ca``, PROTOCOL.md 5.5), then sends HELLO."""
 
     def __init__(
         self,
@@ -340,8 +341,6 @@ class SinkWriter(FrameWriter):
     def _secure(self, sock: socket.socket) -> Conn:
         if self._tls is None:
             return sock
-        from .tls import TlsConn
-
         conn = TlsConn.client(sock, self._tls, self.host)
         try:
             conn.handshake(self._write_timeout)

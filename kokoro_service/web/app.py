@@ -69,7 +69,7 @@ def speech_gate(settings: Settings) -> Callable[[str], str | None]:
                 settings.metrics_host,
             )
         else:
-            log.warning(
+            log.info(
                 "the speech API is off: the HTTP port is beyond loopback without TLS or --api-key"
             )
 

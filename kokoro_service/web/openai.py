@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import io
 import json
 import logging
@@ -102,8 +103,9 @@ def routes(
                 if why is not None:
                     raise SpeechRequestError(403, why, code="endpoint_off")
                 if api_key is not None:
-                    given = request.headers.get("authorization", "")
-                    if given != f"Bearer {api_key}":
+                    given = request.headers.get("authorization", "").encode()
+                    # Constant time: how much of a guess matched must not show in timing.
+                    if not hmac.compare_digest(given, f"Bearer {api_key}".encode()):
                         noise.warning(
                             f"key:{host}", "openai request refused peer=%s: bad API key", host
                         )
