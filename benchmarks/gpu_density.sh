@@ -8,7 +8,10 @@
 # the host's Python and platform, e.g. `pip download -d shared/wheels --only-binary=:all:
 # --python-version 3.12 --platform manylinux2014_x86_64 <dependencies in pyproject.toml>`).
 # Wheels of packages the host already has (torch and its CUDA libraries above all) are
-# skipped, so the host's torch is never replaced.
+# skipped, so the host's torch is never replaced.  What the device tool's "cuda" image
+# lacks comes to about 107 MB of wheels, more than one device call may carry (64 MiB):
+# install them there over two calls into a folder on PYTHONPATH, and this script skips its
+# own install (how it ran on an H200 on 2026-11-27: benchmarks/README.md).
 #
 # The real weights (327 MB) do not travel: a full-size random-weight checkpoint has the
 # real architecture, hence the real work per frame of audio, and is built to speak at the
