@@ -314,18 +314,26 @@ class Server:
         close_quietly(conn)
         return False
 
-    def open_local_call(self, call_id: str, peer: str) -> socket.socket | None:
-        """A connection for an in-process adapter's call (Wyoming, HTTP), or None when the
-        instance is full (logged and counted as busy) or refuses connections.
+    def open_local_call(self, call_id: str, peer: str, opening: bytes) -> socket.socket | None:
+        """A connection for an in-process adapter's call (Wyoming, HTTP), its ``opening``
+        frames (HELLO first) already sent; None when the instance is full (logged and
+        counted as busy) or refuses connections.
 
-        The call's place under ``--max-calls`` is held from now until its HELLO arrives,
-        so the adapter can answer "busy" in its own protocol: an END alone would read as
-        silence to its client.  Write HELLO first on the socket returned.
+        The call's place under ``--max-calls`` is held until its HELLO is read, so the
+        adapter can answer "busy" in its own protocol: an END alone would read as silence
+        to its client.  The HELLO is sent here, so that no failure of the adapter's can
+        leave a place held for a HELLO that never comes.
         """
         if not self.calls.reserve(call_id, peer):
             return None
         ours, theirs = socket.socketpair()
         if not self.serve_connection(ours, peer):
+            self.calls.release(call_id)
+            theirs.close()
+            return None
+        try:
+            theirs.sendall(opening)  # a few hundred bytes: the socket buffer takes them
+        except OSError:
             self.calls.release(call_id)
             theirs.close()
             return None

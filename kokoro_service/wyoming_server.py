@@ -319,12 +319,13 @@ class WyomingHandler(AsyncEventHandler):
             control = Control(format="s16le", voice=voice.name or None, lang=lang)
         call_id = f"wyoming-{uuid.uuid4().hex[:16]}"  # no text-port call can take it
         peer = f"wyoming:{self.peer}"
-        theirs = self.server.open_local_call(call_id, peer)
+        theirs = self.server.open_local_call(
+            call_id, peer, encode_hello(call_id) + encode_control(control)
+        )
         if theirs is None:
             await self.write_event(Error(text="server busy", code="busy").event())
             return None
         reader, writer = await asyncio.open_connection(sock=theirs)
-        writer.write(encode_hello(call_id) + encode_control(control))
         await self.write_event(AudioStart(rate=SAMPLE_RATE, width=_WIDTH, channels=1).event())
         relay = asyncio.create_task(self._relay(call_id, reader, writer))
         request = _Request(writer, relay, self.server.settings.max_text_bytes)

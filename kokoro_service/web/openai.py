@@ -232,17 +232,14 @@ async def _speak(server: Server, req: SpeechRequest, request: Request) -> Respon
     call_id = f"http-{uuid.uuid4().hex[:16]}"  # unguessable: no text-port call can take it
     peer = f"http:{request.client.host if request.client else '?'}"
     control = Control(format="s16le", voice=req.voice, speed=req.speed)
-    frames_out = (
-        encode_hello(call_id)
-        + encode_control(control)
-        + encode_text(req.input, server.settings.max_text_bytes)
-        + encode_bye()
-    )  # built first: a frame that cannot be encoded opens no call
-    theirs = server.open_local_call(call_id, peer)
+    # Built first: a frame that cannot be encoded opens no call.
+    opening = encode_hello(call_id) + encode_control(control)
+    rest = encode_text(req.input, server.settings.max_text_bytes) + encode_bye()
+    theirs = server.open_local_call(call_id, peer, opening)
     if theirs is None:
         raise SpeechRequestError(503, "server busy: the instance is full", code="busy")
     reader, writer = await asyncio.open_connection(sock=theirs)
-    writer.write(frames_out)
+    writer.write(rest)
     frames = _frames(call_id, reader, writer)
     if req.response_format in ENCODED:
         return await _encoded(frames, req.response_format, request)
