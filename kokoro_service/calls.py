@@ -167,7 +167,7 @@ class Calls:
                 self._reserved.add(call_id)
                 return True
             active = len(self._calls)
-        self.refuse_busy(call_id, peer, active)
+        self._refuse_busy(call_id, peer, active)
         return False
 
     def release(self, call_id: str) -> None:
@@ -206,7 +206,7 @@ class Calls:
                 self.metrics.refused(Refusal.DUPLICATE.value)
                 return Refusal.DUPLICATE
             if not held and self._full():
-                self.refuse_busy(call_id, peer, len(self._calls))
+                self._refuse_busy(call_id, peer, len(self._calls))
                 return Refusal.BUSY
             route = CallRoute(
                 call_id,
@@ -245,14 +245,14 @@ class Calls:
             route.attach_sink()
         return call
 
-    def refuse_busy(self, call_id: str, peer: str, active: int | None = None) -> None:
+    def _refuse_busy(self, call_id: str, peer: str, active: int) -> None:
         """Log and count a call refused because ``max_calls`` are open (PROTOCOL.md 5.3)."""
         self._busy.warning(
             f"busy:{peer.rsplit(':', 1)[0]}",
             "busy: call refused call=%s peer=%s: %d calls active, max_calls=%s",
             call_id,
             peer,
-            len(self) if active is None else active,
+            active,
             self.max_calls,
         )
         self.metrics.refused(Refusal.BUSY.value)

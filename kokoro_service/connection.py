@@ -18,7 +18,7 @@ from .config import TICK, Settings
 from .errors import ProtocolError, TlsError
 from .protocol import END_FRAME, Bye, Control, Hello, Keepalive, Text, TextStreamDecoder
 from .ratelimit import RateLimitedLog
-from .tls import PEER_CLOSED_IN_HANDSHAKE
+from .tls import PEER_CLOSED_IN_HANDSHAKE, TlsConn
 from .writers import Conn
 
 log = logging.getLogger("kokoro_service.connection")
@@ -58,11 +58,10 @@ class TextConnection:
         self._stopped = stopped
         self._noise = noise if noise is not None else RateLimitedLog(log)
         self.call: Call | None = None
-        self._opened = time.monotonic()
+        self._opened = time.monotonic()  # --hello-timeout covers a TLS handshake and HELLO
 
     def serve(self) -> None:
         reason = ""
-        self._opened = time.monotonic()  # --hello-timeout covers a TLS handshake and HELLO
         try:
             if not self._handshake():
                 return  # logged and closed there
@@ -85,11 +84,12 @@ class TextConnection:
 
     def _handshake(self) -> bool:
         """TLS only: finish the handshake, or log why not and close."""
-        handshake = getattr(self.conn, "handshake", None)
-        if handshake is None:
+        if not isinstance(self.conn, TlsConn):
             return True
         try:
-            handshake(max(0.0, self._opened + self.settings.hello_timeout - time.monotonic()))
+            self.conn.handshake(
+                max(0.0, self._opened + self.settings.hello_timeout - time.monotonic())
+            )
         except TlsError as exc:
             key = f"tls:{self.peer.rsplit(':', 1)[0]}"
             if str(exc) == PEER_CLOSED_IN_HANDSHAKE:

@@ -41,18 +41,16 @@ from wyoming.tts import (
 
 from . import __version__
 from .errors import (
-    ProtocolError,
+    CallIncompleteError,
     StartupError,
     VoiceError,
     WyomingInputError,
     WyomingRequestError,
 )
+from .local_call import call_audio
 from .protocol import (
     SAMPLE_RATE,
-    Audio,
-    AudioStreamDecoder,
     Control,
-    End,
     encode_bye,
     encode_control,
     encode_hello,
@@ -336,30 +334,23 @@ class WyomingHandler(AsyncEventHandler):
         self, call_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """The call's AUDIO frames as ``audio-chunk`` events until END, then ``audio-stop``."""
-        decoder = AudioStreamDecoder(width=_WIDTH)
         ended = False
         try:
-            while not ended:
-                data = await reader.read(1 << 16)
-                if not data:
-                    break
-                for frame in decoder.feed(data):
-                    if isinstance(frame, Audio):
-                        chunk = AudioChunk(
-                            rate=frame.sample_rate, width=_WIDTH, channels=1, audio=frame.samples
-                        )
-                        await self.write_event(chunk.event())
-                    elif isinstance(frame, End):
-                        ended = True
-        except (ConnectionError, ProtocolError) as exc:
+            async with contextlib.aclosing(call_audio(call_id, reader, width=_WIDTH)) as frames:
+                async for frame in frames:
+                    chunk = AudioChunk(
+                        rate=frame.sample_rate, width=_WIDTH, channels=1, audio=frame.samples
+                    )
+                    await self.write_event(chunk.event())
+            ended = True
+        except CallIncompleteError:
+            pass  # logged where it was found; the client is told below
+        except ConnectionError as exc:  # the Wyoming client went away
             log.warning("wyoming relay failed call=%s peer=%s: %s", call_id, self.peer, exc)
         finally:
             writer.close()
         with contextlib.suppress(ConnectionError):
             if not ended:
-                log.warning(
-                    "wyoming call=%s peer=%s: the call ended without END", call_id, self.peer
-                )
                 await self.write_event(
                     Error(text="synthesis ended early", code="synthesis-failed").event()
                 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import io
 import json
@@ -30,14 +31,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..errors import CallIncompleteError, ProtocolError, SpeechRequestError, VoiceError
+from ..errors import CallIncompleteError, SpeechRequestError, VoiceError
+from ..local_call import call_audio
 from ..protocol import (
     CONTROL_SPEED_RANGE,
     SAMPLE_RATE,
-    Audio,
-    AudioStreamDecoder,
     Control,
-    End,
     encode_bye,
     encode_control,
     encode_hello,
@@ -245,7 +244,7 @@ async def _speak(server: Server, req: SpeechRequest, request: Request) -> Respon
         return await _encoded(frames, req.response_format, request)
     if req.stream_format == "sse":
         return StreamingResponse(_sse(frames), media_type="text/event-stream")
-    body = _pcm(frames) if req.response_format == "pcm" else _wav(frames)
+    body = frames if req.response_format == "pcm" else _wav(frames)
     return StreamingResponse(body, media_type=STREAMED[req.response_format])
 
 
@@ -258,30 +257,12 @@ async def _frames(
     Leaving early (the client went away) closes the socket: the daemon's next frame for
     the call fails, and the call's queued segments are dropped then.
     """
-    decoder = AudioStreamDecoder(width=_WIDTH)
-    ended = False
     try:
-        while not ended:
-            data = await reader.read(1 << 16)
-            if not data:
-                break
-            for frame in decoder.feed(data):
-                if isinstance(frame, Audio):
-                    yield frame.samples
-                elif isinstance(frame, End):
-                    ended = True
-    except (ConnectionError, ProtocolError) as exc:
-        log.warning("openai call=%s: %s", call_id, exc)
+        async with contextlib.aclosing(call_audio(call_id, reader, width=_WIDTH)) as frames:
+            async for frame in frames:
+                yield frame.samples
     finally:
         writer.close()
-    if not ended:
-        log.warning("openai call=%s: the call ended without END", call_id)
-        raise CallIncompleteError(f"call {call_id} ended without END")
-
-
-async def _pcm(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for samples in frames:
-        yield samples
 
 
 async def _wav(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
