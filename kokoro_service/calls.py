@@ -36,7 +36,7 @@ from .metrics import Metrics
 from .pacing import Pacing
 from .protocol import SAMPLE_RATE, Control, Word, words_body
 from .ratelimit import RateLimitedLog
-from .routing import CallRoute, Registry
+from .routing import CallRoute, Registry, route_log
 from .scheduler import CallWork, Scheduler, Segment
 from .segmenter import Segmenter
 from .writers import Conn
@@ -54,6 +54,8 @@ class Refusal(Enum):
     """``--max-calls`` are active (PROTOCOL.md 5.3): answered with END, then closed."""
     DUPLICATE = "duplicate_call_id"
     """The call_id is in use by another connection: closed."""
+    RESOURCES = "resources"
+    """The process is out of threads or descriptors: closed, logged, counted."""
 
 
 @dataclass(eq=False)
@@ -139,6 +141,8 @@ class Calls:
         self._refusals = RateLimitedLog(log)
         # One line per peer every few seconds however fast refused callers retry.
         self._busy = RateLimitedLog(log)
+        # Peer-triggered routing lines (REGISTER/BYE churn, sinks that fail) share one budget.
+        self._routing = route_log()
         self.opened = 0
         self.ended = 0
 
@@ -208,20 +212,18 @@ class Calls:
             if not held and self._full():
                 self._refuse_busy(call_id, peer, len(self._calls))
                 return Refusal.BUSY
-            route = CallRoute(
-                call_id,
-                peer,
-                conn.dup(),
-                sink_host=s.sink_host,
-                sink_port_base=s.sink_port_base,
-                write_timeout=s.write_timeout,
-                sink_attempts=s.sink_connect_attempts,
-                sink_backoff=s.sink_connect_backoff,
-                sink_tls=self.sink_tls,
-                on_progress=self.scheduler.notify,
-                on_dead=self.route_dead,
-                on_sink_failure=self.metrics.sink_failures.inc,
-            )
+            try:
+                route = self._route(call_id, peer, conn)
+            except (OSError, RuntimeError) as exc:  # out of descriptors or threads
+                self._refusals.warning(
+                    "resources",
+                    "call refused call=%s peer=%s: %s",
+                    call_id,
+                    peer,
+                    exc.strerror if isinstance(exc, OSError) and exc.strerror else exc,
+                )
+                self.metrics.refused(Refusal.RESOURCES.value)
+                return Refusal.RESOURCES
             bound = s.queue_frames
             work = CallWork(call_id, has_room=lambda: route.has_room(bound))
             call = Call(
@@ -239,11 +241,37 @@ class Calls:
             self.opened += 1
             self.scheduler.add(work)
         self.metrics.calls_started.inc()
-        registered = call_id in self.registry
-        log.info("call started call=%s peer=%s registered=%s", call_id, peer, registered)
-        if registered:
-            route.attach_sink()
+        log.info(
+            "call started call=%s peer=%s registered=%s", call_id, peer, call_id in self.registry
+        )
+        route.follow_registration()
         return call
+
+    def _route(self, call_id: str, peer: str, conn: Conn) -> CallRoute:
+        """The call's route, writing to a duplicate of ``conn``; nothing is left open when
+        a descriptor or a thread cannot be had."""
+        s = self.settings
+        text_sock = conn.dup()
+        try:
+            return CallRoute(
+                call_id,
+                peer,
+                text_sock,
+                sink_host=s.sink_host,
+                sink_port_base=s.sink_port_base,
+                write_timeout=s.write_timeout,
+                sink_attempts=s.sink_connect_attempts,
+                sink_backoff=s.sink_connect_backoff,
+                sink_tls=self.sink_tls,
+                on_progress=self.scheduler.notify,
+                on_dead=self.route_dead,
+                registered=self.registry.__contains__,
+                on_sink_failure=self.metrics.sink_failures.inc,
+                noise=self._routing,
+            )
+        except BaseException:
+            text_sock.close()
+            raise
 
     def _refuse_busy(self, call_id: str, peer: str, active: int) -> None:
         """Log and count a call refused because ``max_calls`` are open (PROTOCOL.md 5.3)."""

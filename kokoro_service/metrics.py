@@ -36,7 +36,7 @@ END_REASONS: tuple[tuple[str, str], ...] = (
     ("no destination", "no_destination"),
     ("internal error", "error"),
 )
-REFUSALS = ("busy", "duplicate_call_id", "max_connections", "not_allowed", "tls")
+REFUSALS = ("busy", "duplicate_call_id", "max_connections", "not_allowed", "resources", "tls")
 
 _TTFA_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _SYNTH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)

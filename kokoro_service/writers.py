@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
+import os
+import select
 import socket
 import ssl
 import threading
@@ -30,11 +33,15 @@ from .protocol import (
     encode_words_header,
     sample_width,
 )
+from .ratelimit import RateLimitedLog
 from .tls import TlsConn
 
 log = logging.getLogger("kokoro_service.writers")
 
 SINK_LINGER = 2.0
+# How often a dialling sink writer looks at its abort flag: a processor that unregistered
+# (BYE) must not keep a thread and a socket dialling for it.
+_DIAL_TICK = 0.25
 
 
 class Conn(Protocol):
@@ -83,8 +90,9 @@ class FrameWriter:
         name: str,
         *,
         write_timeout: float,
-        on_failure: Callable[[FrameWriter, str, list[Item]], None],
+        on_failure: Callable[[FrameWriter, str], None],
         on_progress: Callable[[], None],
+        on_settled: Callable[[FrameWriter], None] = lambda _writer: None,
         sock: Conn | None = None,
     ) -> None:
         self.name = name
@@ -92,11 +100,16 @@ class FrameWriter:
         self._write_timeout = write_timeout
         self._on_failure = on_failure
         self._on_progress = on_progress
+        self._on_settled = on_settled
         self._queue: collections.deque[Item] = collections.deque()
         self._cond = threading.Condition()
         self._finishing = False
         self._aborted = False
         self.failed = False
+        self.failure_reason = ""
+        # Set by the owner (under its own lock) once it has dealt with this failure.
+        self.failure_handled = False
+        self.settled = False
         # Seconds to read (and drop) what the peer sends after our FIN, before closing.
         self._linger = 0.0
         self._thread = threading.Thread(target=self._run, name=f"writer:{name}", daemon=True)
@@ -131,15 +144,26 @@ class FrameWriter:
             self._cond.notify()
             return True
 
-    def purge_audio(self) -> list[int]:
-        """Drop queued AUDIO frames (barge-in) and return their chunk ids; a frame already
-        on the wire completes."""
+    def take_audio(self) -> list[AudioItem]:
+        """Remove the queued AUDIO frames (and their WORDS) and return them, oldest first;
+        a frame already on the wire completes."""
         with self._cond:
-            dropped = [item.chunk_id for item in self._queue if isinstance(item, AudioItem)]
+            taken = [item for item in self._queue if isinstance(item, AudioItem)]
             self._queue = collections.deque(
                 item for item in self._queue if not isinstance(item, AudioItem)
             )
-            return dropped
+            return taken
+
+    def purge_audio(self) -> list[int]:
+        """Drop queued AUDIO frames (barge-in) and return their chunk ids."""
+        return [item.chunk_id for item in self.take_audio()]
+
+    def take_items(self) -> list[Item]:
+        """Remove and return everything queued (a failed writer's unsent frames)."""
+        with self._cond:
+            items = list(self._queue)
+            self._queue.clear()
+            return items
 
     def finish(self) -> None:
         """Send what is queued, then close."""
@@ -165,8 +189,9 @@ class FrameWriter:
 
     # -- thread ------------------------------------------------------------------------
 
-    def _connect(self) -> Conn:
-        """Return the socket to send on; sink writers override this to dial out."""
+    def _connect(self) -> Conn | None:
+        """Return the socket to send on, or None when there is nothing left to send it;
+        sink writers override this to dial out."""
         if self._sock is None:
             raise DestinationError("no socket")
         return self._sock
@@ -178,6 +203,8 @@ class FrameWriter:
         sock: Conn | None = None
         try:
             sock = self._connect()
+            if sock is None:
+                return  # abandoned before it connected: nothing to send, nothing failed
             self._sock = sock
             sock.settimeout(self._write_timeout)
             preamble = self._preamble()
@@ -203,6 +230,9 @@ class FrameWriter:
             log.exception("writer=%s crashed", self.name)
             self._fail(f"internal error: {exc}")
         finally:
+            # Every frame it will ever send is sent, or was handed back by _fail.
+            self.settled = True
+            self._on_settled(self)
             if sock is not None:
                 if self.failed or self._aborted:
                     _shutdown(sock)
@@ -213,13 +243,14 @@ class FrameWriter:
             self._on_progress()
 
     def _fail(self, reason: str) -> None:
+        """Mark the writer failed, its queue kept, and tell the owner, which takes the
+        unsent frames with :meth:`take_items` (here, or earlier from its own thread)."""
         with self._cond:
             if self._aborted:
                 return
             self.failed = True
-            unsent = list(self._queue)
-            self._queue.clear()
-        self._on_failure(self, reason, unsent)
+            self.failure_reason = reason
+        self._on_failure(self, reason)
 
     def _send_item(self, sock: Conn, item: Item) -> None:
         if isinstance(item, RawItem):
@@ -260,7 +291,12 @@ class FrameWriter:
 
 class SinkWriter(FrameWriter):
     """Writer to an audio processor: dials ``host:port`` with backoff (over TLS when given
-    a context: ``--tls-sink-ca``, PROTOCOL.md 5.5), then sends HELLO."""
+    a context: ``--tls-sink-ca``, PROTOCOL.md 5.5), then sends HELLO.
+
+    A sink that is withdrawn (BYE) or aborted before it has connected stops dialling
+    within a quarter of a second and sends nothing: a processor that sent BYE is not
+    called back, and REGISTER/BYE churn cannot pile up dialling threads.
+    """
 
     def __init__(
         self,
@@ -272,12 +308,18 @@ class SinkWriter(FrameWriter):
         attempts: int,
         backoff: float,
         write_timeout: float,
-        on_failure: Callable[[FrameWriter, str, list[Item]], None],
+        on_failure: Callable[[FrameWriter, str], None],
         on_progress: Callable[[], None],
+        on_settled: Callable[[FrameWriter], None] = lambda _writer: None,
         tls: ssl.SSLContext | None = None,
+        noise: RateLimitedLog | None = None,
     ) -> None:
         super().__init__(
-            name, write_timeout=write_timeout, on_failure=on_failure, on_progress=on_progress
+            name,
+            write_timeout=write_timeout,
+            on_failure=on_failure,
+            on_progress=on_progress,
+            on_settled=on_settled,
         )
         self.call_id = call_id
         self.host = host
@@ -285,26 +327,48 @@ class SinkWriter(FrameWriter):
         self._attempts = attempts
         self._backoff = backoff
         self._tls = tls
+        self._withdrawn = False
+        self._noise = noise if noise is not None else RateLimitedLog(log)
         # Nothing else reads a sink connection, and closing with unread bytes (a TLS 1.3
         # server's session tickets, say) resets it, which can destroy the frames the
         # processor has not read yet: wait for its close instead, briefly.
         self._linger = SINK_LINGER
 
-    def _connect(self) -> Conn:
+    def _abandoned(self) -> bool:
+        """Aborted, or finished with no audio queued: dialling would serve nobody."""
+        with self._cond:
+            return self._abandoned_locked()
+
+    def _abandoned_locked(self) -> bool:
+        return self._aborted or (
+            self._withdrawn and not any(isinstance(i, AudioItem) for i in self._queue)
+        )
+
+    def withdraw(self) -> None:
+        """Finish, and if not yet connected with no audio queued, do not connect at all:
+        the processor unregistered the call (BYE)."""
+        with self._cond:
+            self._withdrawn = True
+        self.finish()
+
+    def _connect(self) -> Conn | None:
         delay = self._backoff
         last = ""
+        where = f"{self.host}:{self.port}"
         for attempt in range(1, self._attempts + 1):
-            if self._aborted:
-                raise DestinationError("aborted")
+            if self._abandoned():
+                return None
             try:
-                sock = socket.create_connection((self.host, self.port), timeout=self._write_timeout)
+                sock = self._dial()
+                if sock is None:
+                    return None
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn = self._secure(sock)
-                log.info(
-                    "sink connected call=%s sink=%s:%d attempt=%d%s",
+                self._noise.info(
+                    f"sinkup:{self.call_id}",
+                    "sink connected call=%s sink=%s attempt=%d%s",
                     self.call_id,
-                    self.host,
-                    self.port,
+                    where,
                     attempt,
                     " tls" if self._tls is not None else "",
                 )
@@ -312,31 +376,70 @@ class SinkWriter(FrameWriter):
             except TlsError as exc:
                 # The processor was reached and TLS failed (its certificate, or ours):
                 # configuration, which trying again will not mend.
-                log.warning(
-                    "sink TLS failed call=%s sink=%s:%d: %s",
+                self._noise.warning(
+                    f"sinktls:{self.port}",
+                    "sink TLS failed call=%s sink=%s: %s",
                     self.call_id,
-                    self.host,
-                    self.port,
+                    where,
                     exc,
                 )
-                raise DestinationError(
-                    f"TLS to sink {self.host}:{self.port} failed: {exc}"
-                ) from exc
+                raise DestinationError(f"TLS to sink {where} failed: {exc}") from exc
             except OSError as exc:
                 last = exc.strerror or str(exc)
-                log.warning(
-                    "sink connect failed call=%s sink=%s:%d attempt=%d/%d: %s",
+                self._noise.warning(
+                    f"sinkdown:{self.port}",
+                    "sink connect failed call=%s sink=%s attempt=%d/%d: %s",
                     self.call_id,
-                    self.host,
-                    self.port,
+                    where,
                     attempt,
                     self._attempts,
                     last,
                 )
             if attempt < self._attempts:
-                time.sleep(delay)
+                with self._cond:
+                    self._cond.wait_for(self._abandoned_locked, delay)
                 delay *= 2
-        raise DestinationError(f"cannot connect to sink {self.host}:{self.port}: {last}")
+        raise DestinationError(f"cannot connect to sink {where}: {last}")
+
+    def _dial(self) -> socket.socket | None:
+        """A connected socket, within ``write_timeout``, or None once abandoned."""
+        deadline = time.monotonic() + self._write_timeout
+        last: OSError = OSError(errno.EHOSTUNREACH, "no address")
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            try:
+                if self._connect_within(sock, address, deadline):
+                    return sock
+                sock.close()
+                return None
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise last
+
+    def _connect_within(
+        self, sock: socket.socket, address: tuple[object, ...], deadline: float
+    ) -> bool:
+        """Connect ``sock``; False if abandoned first.  Polls, so any descriptor number
+        works (select() stops at 1024)."""
+        sock.setblocking(False)
+        err = sock.connect_ex(address)
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while err in (errno.EINPROGRESS, errno.EAGAIN):
+            if self._abandoned():
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, "timed out")
+            if poller.poll(min(_DIAL_TICK, left) * 1000):
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+        sock.setblocking(True)
+        return True
 
     def _secure(self, sock: socket.socket) -> Conn:
         if self._tls is None:
