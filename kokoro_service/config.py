@@ -33,6 +33,8 @@ _DEVICE = re.compile(rf"\s*({'|'.join(DEVICES)})(:[0-9]+)?\s*", re.IGNORECASE)
 # How often blocked loops (readers, accept, registrar, idle workers) look at the stop flag
 # and their deadlines.
 TICK = 0.25
+# Descriptors one connection can hold at most (Settings.descriptors_needed).
+DESCRIPTORS_PER_CONNECTION = 4
 # The share of the warm-up's capacity estimate that --max-calls admits by default.
 ADMISSION_HEADROOM = 0.75
 
@@ -223,6 +225,12 @@ class Settings:
     max_connections: int = knob(
         256, "Text connections served at once; more are refused.", lo=1, hi=100_000
     )
+    max_http_connections: int = knob(
+        64, "HTTP port connections open at once; more are closed at once.", lo=1, hi=100_000
+    )
+    max_wyoming_connections: int = knob(
+        32, "Wyoming connections open at once; more are closed at once.", lo=1, hi=100_000
+    )
     max_calls: int | None = knob(
         None,
         "Calls served at once; a HELLO beyond it gets END at once (busy). 0: no limit.",
@@ -242,7 +250,12 @@ class Settings:
     first_segment_words: int = knob(
         8, "First segment of a reply: its first clause, at most this many words.", lo=1, hi=100
     )
-    hello_timeout: float = knob(10.0, "Seconds a new connection has to send HELLO.", lo=0.1)
+    hello_timeout: float = knob(
+        10.0,
+        "Seconds a new connection has to send HELLO (the HTTP port: its first request; "
+        "Wyoming: its first event).",
+        lo=0.1,
+    )
     idle_timeout: float = knob(
         600.0, "Seconds without any frame (KEEPALIVE counts) before a call is closed.", lo=0.1
     )
@@ -367,6 +380,21 @@ class Settings:
         if capacity is None:
             return None
         return max(1, math.floor(capacity * ADMISSION_HEADROOM))
+
+    def descriptors_needed(self) -> int:
+        """Descriptors the connection caps can take at once, with the daemon's own.
+
+        A text call holds its connection, the writer's duplicate and a sink with one
+        more closing (4); an HTTP or Wyoming request holds its client, a socket pair to
+        its call and the call's duplicate (4).  The rest is the model, logs, listening
+        sockets and libraries (measured about 60 after start-up; 128 in hand).
+        """
+        per_port = self.max_connections
+        if self.wyoming_port is not None:
+            per_port += self.max_wyoming_connections
+        if self.metrics_port is not None:
+            per_port += self.max_http_connections
+        return 128 + DESCRIPTORS_PER_CONNECTION * per_port
 
     def peer_allowed(self, address: str) -> bool:
         try:

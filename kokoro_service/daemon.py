@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 import signal
 import threading
 import time
@@ -182,8 +183,37 @@ class _Signals:
         self.stop.set()
 
 
+def descriptor_limit(settings: Settings) -> int:
+    """Raise the soft descriptor limit to the hard one, and warn when the connection caps
+    could take more descriptors than that.
+
+    A shell's soft limit of 1024 dates from select(), which this daemon does not use;
+    systemd's LimitNOFILE sets both limits.  Past the limit the daemon survives (accepts
+    fail, shed and retry) but refuses connections, so the warning says what to raise.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.debug("descriptor limit stays %d: %s", soft, exc)
+    needed = settings.descriptors_needed()
+    if needed > soft:
+        log.warning(
+            "the descriptor limit (%d) is below what the connection caps can use (%d): "
+            "beyond it new connections are refused; raise LimitNOFILE (ulimit -n) or "
+            "lower --max-connections, --max-http-connections, --max-wyoming-connections",
+            soft,
+            needed,
+        )
+    return soft
+
+
 def run(settings: Settings) -> int:
     """Load the engine, serve until SIGTERM/SIGINT, drain, and return the exit code."""
+    descriptor_limit(settings)
     readiness = Readiness(settings.ready_file)
     readiness.withdraw_stale()  # a file left by a killed run must not read as ready
     metrics, lifecycle = Metrics(), Lifecycle()
@@ -199,7 +229,15 @@ def run(settings: Settings) -> int:
                 if settings.tls_cert is not None and settings.tls_key is not None
                 else None
             )
-            http = HttpServer(app, settings.metrics_host, settings.metrics_port, tls=tls)
+            http = HttpServer(
+                app,
+                settings.metrics_host,
+                settings.metrics_port,
+                tls=tls,
+                max_connections=settings.max_http_connections,
+                first_request_timeout=settings.hello_timeout,
+                on_refused=lambda: metrics.refused("max_connections"),
+            )
             http.start()
         loaded = load_off_main_thread(settings)
         server = Server(

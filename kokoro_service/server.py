@@ -7,7 +7,10 @@ destination (:mod:`.writers`).  What happens to a call is :mod:`.calls`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kokoro_service.server")
 
 START_TIMEOUT = 30.0  # how long start() waits for every thread to report ready
+_ACCEPT_BACKOFF = 0.1  # after a failed accept: descriptors free up as calls end
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
 class Server:
@@ -174,7 +179,7 @@ class Server:
         if s.wyoming_port is not None:
             from .wyoming_server import WyomingServer
 
-            self.wyoming = WyomingServer(self, s.wyoming_port)
+            self.wyoming = WyomingServer(self, s.wyoming_port, tls=self._tls)
             try:
                 self.wyoming.start()
             except StartupError:
@@ -253,30 +258,62 @@ class Server:
     def _accept_loop(self) -> None:
         tcp = self._tcp
         assert tcp is not None  # noqa: S101 - start() binds before starting this loop
-        while not self._stopping.is_set():
-            try:
-                conn, addr = tcp.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                raise
-            peer = _peer(addr)
-            if not self.settings.peer_allowed(str(addr[0])):
-                self._noise.warning(
-                    f"deny:{addr[0]}", "connection refused peer=%s: not in --allow", peer
-                )
-                self.metrics.refused("not_allowed")
+        spare = _Spare()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    conn, addr = tcp.accept()
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    if self._stopping.is_set():
+                        return
+                    self._accept_failed(tcp, exc, spare)
+                    continue
+                spare.restore()
+                self._accepted(conn, addr)
+        finally:
+            spare.close()
+
+    def _accept_failed(self, tcp: socket.socket, exc: OSError, spare: _Spare) -> None:
+        """Out of descriptors (or kernel memory): shed the connection waiting at the head
+        of the queue, with the spare descriptor kept for this, so its peer hears a close
+        rather than hanging in the backlog; then pause, and go on serving."""
+        self._ops.warning(
+            "accept",
+            "accept failed on the text port: %s; shedding connections until descriptors "
+            "free up (max_connections=%d; raise LimitNOFILE or lower the caps)",
+            exc.strerror or exc,
+            self.settings.max_connections,
+        )
+        if exc.errno in _OUT_OF_DESCRIPTORS and spare.release():
+            with contextlib.suppress(OSError):
+                conn, _ = tcp.accept()
+                self.metrics.refused("resources")
                 close_quietly(conn)
-                continue
+            spare.restore()
+        self._stopping.wait(_ACCEPT_BACKOFF)
+
+    def _accepted(self, conn: socket.socket, addr: tuple[object, ...]) -> None:
+        peer = _peer(addr)
+        if not self.settings.peer_allowed(str(addr[0])):
+            self._noise.warning(
+                f"deny:{addr[0]}", "connection refused peer=%s: not in --allow", peer
+            )
+            self.metrics.refused("not_allowed")
+            close_quietly(conn)
+            return
+        try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls is not None:
-                # The handshake runs in the connection's own thread, within --hello-timeout,
-                # so a peer that never finishes it holds up no one else.
-                self.serve_connection(TlsConn.server(conn, self._tls), peer)
-            else:
-                self.serve_connection(conn, peer)
+        except OSError:  # reset before we got to it
+            close_quietly(conn)
+            return
+        if self._tls is not None:
+            # The handshake runs in the connection's own thread, within --hello-timeout,
+            # so a peer that never finishes it holds up no one else.
+            self.serve_connection(TlsConn.server(conn, self._tls), peer)
+        else:
+            self.serve_connection(conn, peer)
 
     def serve_connection(self, conn: Conn, peer: str) -> bool:
         """Serve the wire protocol on ``conn`` in a reader thread of its own.
@@ -300,8 +337,14 @@ class Server:
                     noise=self._noise,
                 )
                 t = threading.Thread(target=handler.serve, name=f"conn:{peer}", daemon=True)
+                try:
+                    t.start()
+                except RuntimeError as exc:  # "can't start new thread": the task limit
+                    self.metrics.refused("resources")
+                    self._ops.warning("threads", "connection refused peer=%s: %s", peer, exc)
+                    close_quietly(conn)
+                    return False
                 self._readers.add(t)
-                t.start()
                 return True
         if full:
             self.metrics.refused("max_connections")
@@ -357,7 +400,10 @@ class Server:
                 if self._stopping.is_set():
                     return
                 continue
-            self._datagram(data, addr)
+            try:
+                self._datagram(data, addr)
+            except Exception:  # a bug or an exhausted process must not end registrations
+                self._ops.exception("udp", "datagram from peer=%s failed", _peer(addr))
 
     def _expire_registrations(self) -> None:
         expired = self.registry.expire(lambda call_id: self.calls.get(call_id) is not None)
@@ -379,7 +425,8 @@ class Server:
         except ProtocolError as exc:
             self._noise.warning(f"udpbad:{addr[0]}", "datagram dropped peer=%s: %s", peer, exc)
             return
-        call = self.calls.get(msg.call_id)
+        # Registry first, call second: a HELLO that opens the call meanwhile reads the
+        # registry after it is in the table, so one of the two routes it.
         if isinstance(msg, Register):
             new, evicted = self.registry.register(msg.call_id)
             if evicted is not None:
@@ -389,6 +436,7 @@ class Server:
                     self.settings.max_registrations,
                     evicted,
                 )
+            call = self.calls.get(msg.call_id)
             if new:
                 self._registrations.info(
                     f"reg:{msg.call_id}",
@@ -397,10 +445,9 @@ class Server:
                     peer,
                     call is not None,
                 )
-            if call is not None:
-                call.route.attach_sink()
         else:
             existed = self.registry.unregister(msg.call_id)
+            call = self.calls.get(msg.call_id)
             self._registrations.info(
                 f"unreg:{msg.call_id}",
                 "unregister call=%s peer=%s was_registered=%s",
@@ -408,8 +455,8 @@ class Server:
                 peer,
                 existed,
             )
-            if call is not None:
-                call.route.detach_sink("registration BYE")
+        if call is not None:
+            call.route.follow_registration()
 
 
 def _bind(s: Settings) -> tuple[socket.socket, socket.socket]:
@@ -450,3 +497,27 @@ def _address(sock: socket.socket | None) -> tuple[str, int]:
 def _peer(addr: tuple[object, ...]) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class _Spare:
+    """One descriptor held in reserve, so that an accept loop out of descriptors can still
+    accept the connection at the head of its queue and close it."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self.restore()
+
+    def release(self) -> bool:
+        if self._fd is None:
+            return False
+        os.close(self._fd)
+        self._fd = None
+        return True
+
+    def restore(self) -> None:
+        if self._fd is None:
+            with contextlib.suppress(OSError):
+                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        self.release()

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 import uuid
 from typing import TYPE_CHECKING
@@ -56,7 +57,7 @@ from .protocol import (
     encode_hello,
     encode_text,
 )
-from .ratelimit import RateLimitedLog
+from .ratelimit import RateLimitedLog, quiet_loop_errors
 
 if TYPE_CHECKING:  # the server starts this one
     from .server import Server
@@ -141,6 +142,8 @@ async def read_event(reader: asyncio.StreamReader, max_data: int) -> Event | Non
         header = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WyomingInputError(f"event header is not JSON ({exc})") from None
+    except RecursionError:
+        raise WyomingInputError("event header is nested too deeply") from None
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise WyomingInputError("event header has no type")
     data = header.get("data") or {}
@@ -160,6 +163,8 @@ async def read_event(reader: asyncio.StreamReader, max_data: int) -> Event | Non
         return None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WyomingInputError(f"event data is not JSON ({exc})") from None
+    except RecursionError:
+        raise WyomingInputError("event data is nested too deeply") from None
     return Event(type=header["type"], data=data, payload=payload)
 
 
@@ -179,6 +184,8 @@ class _Request:
         # A Wyoming text may be longer than one TEXT frame: pieces of max_text / 4
         # characters always fit (UTF-8 takes at most 4 bytes a character), and the
         # segmenter joins them again.
+        if not text:
+            return  # nothing to say; an empty TEXT frame is not a frame the wire has
         fits = len(text.encode("utf-8")) <= self.max_text
         step = len(text) if fits else max(1, self.max_text // 4)
         for i in range(0, len(text), step):
@@ -217,6 +224,7 @@ class WyomingHandler(AsyncEventHandler):
         server: Server,
         info: Info,
         peer: str,
+        noise: RateLimitedLog | None = None,
     ) -> None:
         super().__init__(reader, writer)
         self.server = server
@@ -224,18 +232,35 @@ class WyomingHandler(AsyncEventHandler):
         self.peer = peer
         self._streaming: _Request | None = None
         self._open_requests: set[_Request] = set()
-        self._bad = RateLimitedLog(log)  # one peer's bad events cannot flood the log
+        # The port's budget, shared by every connection: many peers' bad events or idle
+        # connections cannot flood the log either.
+        self._bad = noise if noise is not None else RateLimitedLog(log)
 
     async def run(self) -> None:
-        """Like the package's loop, with :func:`read_event`'s bounds."""
-        limit = self.server.settings.max_text_bytes + _LINE_LIMIT
+        """Like the package's loop, with :func:`read_event`'s bounds, and the text port's
+        timeouts: the first event within ``--hello-timeout``, each next within
+        ``--idle-timeout`` (a request being spoken is not idle: its audio is awaited in
+        :meth:`handle_event`)."""
+        settings = self.server.settings
+        limit = settings.max_text_bytes + _LINE_LIMIT
+        timeout = settings.hello_timeout
         try:
             while True:
-                event = await read_event(self.reader, limit)
+                try:
+                    event = await asyncio.wait_for(read_event(self.reader, limit), timeout)
+                except TimeoutError:
+                    self._bad.info(
+                        f"idle:{self.peer.rsplit(':', 1)[0]}",
+                        "wyoming connection closed peer=%s: no event for %gs",
+                        self.peer,
+                        timeout,
+                    )
+                    break
                 if event is None or not await self.handle_event(event):
                     break
+                timeout = settings.idle_timeout
         except WyomingInputError as exc:
-            log.warning("wyoming bad input peer=%s: %s; closing", self.peer, exc)
+            self._bad.warning("input", "wyoming bad input peer=%s: %s; closing", self.peer, exc)
         except ConnectionError as exc:
             log.info("wyoming connection lost peer=%s: %s", self.peer, exc)
         except Exception:  # a bug, not bad input: end this connection, not the server
@@ -256,7 +281,11 @@ class WyomingHandler(AsyncEventHandler):
             await self._handle(event)
         except WyomingRequestError as exc:
             self._bad.warning(
-                "bad", "wyoming request refused peer=%s type=%s: %s", self.peer, event.type, exc
+                f"bad:{self.peer.rsplit(':', 1)[0]}",
+                "wyoming request refused peer=%s type=%r: %s",
+                self.peer,
+                event.type,
+                exc,
             )
             await self.write_event(Error(text=str(exc), code="bad-request").event())
         return True
@@ -287,7 +316,7 @@ class WyomingHandler(AsyncEventHandler):
                 await self._finish(request)
             await self.write_event(SynthesizeStopped().event())
         else:
-            log.debug("wyoming event ignored peer=%s type=%s", self.peer, event.type)
+            log.debug("wyoming event ignored peer=%s type=%r", self.peer, event.type)
 
     async def _finish(self, request: _Request) -> None:
         try:
@@ -307,7 +336,12 @@ class WyomingHandler(AsyncEventHandler):
             try:
                 self.server.engine.voices.check(voice.name)
             except VoiceError as exc:
-                log.warning("wyoming voice refused peer=%s: %s", self.peer, exc)
+                self._bad.warning(
+                    f"voice:{self.peer.rsplit(':', 1)[0]}",
+                    "wyoming voice refused peer=%s: %s",
+                    self.peer,
+                    exc,
+                )
                 await self.write_event(Error(text=str(exc), code="unknown-voice").event())
                 return None
             lang = voice.name[:1].lower() if voice.name[:1].lower() in _VOICE_LANGUAGES else None
@@ -366,9 +400,13 @@ class WyomingServer:
     drain, which has already finished every call) and joins the thread.
     """
 
-    def __init__(self, server: Server, port: int) -> None:
+    def __init__(self, server: Server, port: int, *, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: the text port's server context, so Wyoming gets the same TLS (and
+        client certificates) as the text port whenever ``--tls-cert`` is set."""
         self.server = server
         self.port = port
+        self._tls = tls
+        self._refusals = RateLimitedLog(log)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -399,7 +437,7 @@ class WyomingServer:
         if not self._ready.wait(_START_TIMEOUT) or self._error is not None:
             self.stop()
             raise StartupError(f"the Wyoming server failed to start: {self._error}")
-        log.info("wyoming listening tcp=%s:%d", *self.address)
+        log.info("wyoming listening tcp=%s:%d%s", *self.address, " (tls)" if self._tls else "")
 
     def stop(self) -> None:
         with self._lock:
@@ -425,27 +463,52 @@ class WyomingServer:
     async def _serve(self) -> None:
         assert self._sock is not None  # noqa: S101 - start() binds first
         self._loop = asyncio.get_running_loop()
+        quiet_loop_errors(self._loop, self._refusals, "wyoming")
         self._stop = asyncio.Event()
         info = wyoming_info(self.server.engine.voices.names)
         tasks: set[asyncio.Task[None]] = set()
+        settings = self.server.settings
+        metrics = self.server.metrics
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             address = writer.get_extra_info("peername") or ("?", 0)
             peer = f"{address[0]}:{address[1]}"
-            if not self.server.settings.peer_allowed(str(address[0])):
-                log.warning("wyoming connection refused peer=%s: not in --allow", peer)
-                writer.close()
+            if not settings.peer_allowed(str(address[0])):
+                self._refusals.warning(
+                    f"deny:{address[0]}", "wyoming connection refused peer=%s: not in --allow", peer
+                )
+                metrics.refused("not_allowed")
+                writer.transport.abort()
+                return
+            if len(tasks) >= settings.max_wyoming_connections:
+                self._refusals.warning(
+                    "maxconn",
+                    "wyoming connection refused peer=%s: max_wyoming_connections=%d reached",
+                    peer,
+                    settings.max_wyoming_connections,
+                )
+                metrics.refused("max_connections")
+                writer.transport.abort()
                 return
             if task is not None:
                 tasks.add(task)
             try:
-                await WyomingHandler(reader, writer, server=self.server, info=info, peer=peer).run()
+                handler = WyomingHandler(
+                    reader, writer, server=self.server, info=info, peer=peer, noise=self._refusals
+                )
+                await handler.run()
             finally:
                 if task is not None:
                     tasks.discard(task)
 
-        listener = await asyncio.start_server(connected, sock=self._sock, limit=_LINE_LIMIT)
+        listener = await asyncio.start_server(
+            connected,
+            sock=self._sock,
+            limit=_LINE_LIMIT,
+            ssl=self._tls,
+            ssl_handshake_timeout=settings.hello_timeout if self._tls is not None else None,
+        )
         self._ready.set()
         await self._stop.wait()
         # Close, cancel, then wait: from Python 3.12 wait_closed() waits for every client

@@ -30,6 +30,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..errors import CallIncompleteError, SpeechRequestError, VoiceError
 from ..local_call import call_audio
@@ -237,15 +238,42 @@ async def _speak(server: Server, req: SpeechRequest, request: Request) -> Respon
     theirs = server.open_local_call(call_id, peer, opening)
     if theirs is None:
         raise SpeechRequestError(503, "server busy: the instance is full", code="busy")
-    reader, writer = await asyncio.open_connection(sock=theirs)
-    writer.write(rest)
-    frames = _frames(call_id, reader, writer)
-    if req.response_format in ENCODED:
-        return await _encoded(frames, req.response_format, request)
-    if req.stream_format == "sse":
-        return StreamingResponse(_sse(frames), media_type="text/event-stream")
-    body = frames if req.response_format == "pcm" else _wav(frames)
-    return StreamingResponse(body, media_type=STREAMED[req.response_format])
+    try:
+        reader, writer = await asyncio.open_connection(sock=theirs)
+    except BaseException:
+        theirs.close()
+        raise
+    try:
+        writer.write(rest)
+        frames = _frames(call_id, reader, writer)
+        if req.response_format in ENCODED:
+            return await _encoded(frames, req.response_format, request)
+        if req.stream_format == "sse":
+            return _CallResponse(writer, _sse(frames), media_type="text/event-stream")
+        body = frames if req.response_format == "pcm" else _wav(frames)
+        return _CallResponse(writer, body, media_type=STREAMED[req.response_format])
+    except BaseException:
+        writer.close()
+        raise
+
+
+class _CallResponse(StreamingResponse):
+    """A streamed reply that closes its call's socket however the response ends.
+
+    A client that leaves before the first body byte makes Starlette cancel the stream
+    before the body generator has started, and a generator that never started never runs
+    its ``finally``: without this, the call would synthesize until its write timeout.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, content: AsyncIterator[bytes], **kw: Any):
+        super().__init__(content, **kw)
+        self._writer = writer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._writer.close()
 
 
 async def _frames(

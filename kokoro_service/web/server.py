@@ -12,17 +12,54 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import StartupError
+from ..ratelimit import RateLimitedLog, quiet_loop_errors
 
 log = logging.getLogger("kokoro_service.web")
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+
+
+def guarded_h11(
+    max_connections: int, first_request_timeout: float, on_refused: Callable[[], None]
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the text port's two guards, which uvicorn lacks.
+
+    - At most ``max_connections`` open: one more is closed as it arrives (uvicorn's
+      ``limit_concurrency`` answers 503 only once a request comes, so idle connections
+      still held descriptors until the process ran out).
+    - A connection that sends nothing for ``first_request_timeout`` is closed (uvicorn
+      times out only between requests).
+    """
+    refusals = RateLimitedLog(log)
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                on_refused()
+                refusals.warning(
+                    "maxconn",
+                    "http connection refused peer=%s: max_http_connections=%d reached",
+                    f"{self.client[0]}:{self.client[1]}" if self.client else "?",
+                    max_connections,
+                )
+                transport.abort()
+                return
+            # The keep-alive timer's handler closes the connection; any byte cancels it.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                first_request_timeout, self.timeout_keep_alive_handler
+            )
+
+    return GuardedH11Protocol
 
 
 class HttpServer:
@@ -34,12 +71,21 @@ class HttpServer:
     """
 
     def __init__(
-        self, app: ASGIApp, host: str, port: int, *, tls: tuple[Path, Path] | None = None
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        max_connections: int = 64,
+        first_request_timeout: float = 10.0,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         """``tls``: (certificate, key) to serve HTTPS.  Clients are not asked for
         certificates here: health checkers and scrapers seldom have one."""
         self._config = uvicorn.Config(
             app,
+            http=guarded_h11(max_connections, first_request_timeout, on_refused),
             log_config=None,  # the daemon's logging stays as configured
             access_log=False,
             lifespan="off",
@@ -90,9 +136,13 @@ class HttpServer:
             " (tls)" if self.tls else "",
         )
 
+    async def _serve(self) -> None:
+        quiet_loop_errors(asyncio.get_running_loop(), RateLimitedLog(log), "http")
+        await self._server.serve(sockets=[self._sock] if self._sock else None)
+
     def _run(self) -> None:
         try:
-            asyncio.run(self._server.serve(sockets=[self._sock] if self._sock else None))
+            asyncio.run(self._serve())
         except BaseException as exc:  # SystemExit too: uvicorn exits on some start errors
             self._error = exc
             log.exception("http port stopped")
