@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,18 +34,16 @@ from .config import (
 )
 from .errors import ConfigError, KokoroServiceError
 from .protocol import CONTROL_SPEED_RANGE, SAMPLE_RATE, SAMPLE_RATES, SAMPLE_WIDTHS
+from .ratelimit import EscapingFormatter
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _FIELDS = {f.name: f for f in cli_fields()}
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
 
 
 def _env_common() -> None:
@@ -141,12 +140,20 @@ def serve(**kw: Any) -> None:
     from .daemon import EXIT_FORCED, run
 
     code = run(settings)
-    if code == EXIT_FORCED:
-        # Threads may be inside torch; interpreter teardown under them can abort, and a
-        # forced stop is meant to be immediate anyway.
+    if code == EXIT_FORCED or _threads_left():
+        # Threads may be inside torch (a forced stop, or a drain that timed out while a
+        # worker synthesized): interpreter teardown under them aborts the process
+        # (SIGABRT, "terminate called without an active exception"), which would turn a
+        # clean exit code into a crash.  Everything owed was sent or logged by now.
         logging.shutdown()
+        sys.stdout.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _threads_left() -> bool:
+    main = threading.main_thread()
+    return any(t.is_alive() and t is not main for t in threading.enumerate())
 
 
 def _settings(**kw: Any) -> Settings:

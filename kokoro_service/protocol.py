@@ -304,6 +304,8 @@ def parse_control(payload: bytes) -> Control:
         ) from None
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"CONTROL is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:  # 65 535 bytes of "[" nest deeper than the parser recurses
+        raise ProtocolError("CONTROL is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"CONTROL must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - CONTROL_KEYS)

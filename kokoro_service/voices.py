@@ -82,8 +82,8 @@ class VoiceTable:
         blend = parse_voice_spec(spec)
         unknown = [n for n, _ in blend if n not in self._files]
         if unknown:
-            raise VoiceError(
-                f"unknown voice {', '.join(unknown)}; available: {', '.join(self.names)}"
+            raise VoiceError(  # a peer's names, quoted: a newline must not start a log line
+                f"unknown voice {', '.join(map(repr, unknown))}; available: {', '.join(self.names)}"
             )
         with self._lock:
             for name, _ in blend:
