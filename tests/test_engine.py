@@ -85,7 +85,7 @@ def test_an_unreadable_voice_file_is_refused_when_chosen(tiny_dir: Path, tmp_pat
 
 
 def test_unknown_voice(engine: Engine) -> None:
-    with pytest.raises(VoiceError, match="unknown voice nobody; available: af_bella"):
+    with pytest.raises(VoiceError, match="unknown voice 'nobody'; available: af_bella"):
         engine.voices.get("af_sky,nobody")
 
 

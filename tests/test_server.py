@@ -212,7 +212,7 @@ def test_non_decimal_call_id_stays_on_text(daemon: DaemonFactory, logs: LogCaptu
     reply = speak(*server.tcp_address, "abc", ["Hello."], timeout=TEST_TIMEOUT)
     assert_clean_reply(reply)
     assert reply.chunks
-    assert logs.has("not routable call=abc")
+    assert logs.has("not routable call='abc'")
 
 
 # --------------------------------------------------------------------------- isolation
@@ -424,7 +424,7 @@ def test_bad_voice_control_is_a_per_call_error(daemon: DaemonFactory, logs: LogC
     reply = speak(*server.tcp_address, "701", ["Hello."], voice="nobody", timeout=TEST_TIMEOUT)
     assert_clean_reply(reply)
     assert reply.chunks
-    assert logs.has("voice refused call=701", "unknown voice nobody")
+    assert logs.has("voice refused call=701", "unknown voice 'nobody'")
 
 
 def test_voice_blend_control(daemon: DaemonFactory, engine: Engine) -> None:

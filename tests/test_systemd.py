@@ -89,3 +89,14 @@ def test_exposure_score(tmp_path: Path) -> None:
         pytest.skip(f"this systemd-analyze cannot score offline: {proc.stderr.strip()[:200]}")
     print(f"systemd-analyze security exposure: {m.group(1)}")
     assert float(m.group(1)) <= 2.5
+
+
+@pytest.mark.parametrize("unit", ["kokoro-service.service", "kokoro-service@.service"])
+def test_units_allow_the_descriptors_the_default_caps_can_take(unit: str) -> None:
+    from kokoro_service.config import Settings
+
+    text = (UNITS / unit).read_text()
+    match = re.search(r"^LimitNOFILE=(\d+)$", text, re.MULTILINE)
+    assert match, "LimitNOFILE missing"
+    every_port = Settings(wyoming_port=10200, metrics_port=8091)
+    assert int(match.group(1)) >= every_port.descriptors_needed()
