@@ -186,7 +186,9 @@ def test_a_client_that_leaves_mid_stream_frees_its_call(ops: Callable[..., Ops])
                 got_audio.set()
                 break
     assert got_audio.is_set()
-    assert wait_for(lambda: o.server.active_calls == 0, timeout=10)
+    # Within the usual bound, not 10 s: the call ends at the first frame the daemon cannot
+    # send, after the segments then in flight, which take as long as this host's synthesis.
+    assert wait_for(lambda: o.server.active_calls == 0)
     synthesized = o.server.metrics.registry.get_sample_value(
         "kokoro_segment_synthesis_seconds_count"
     )

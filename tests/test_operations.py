@@ -3,7 +3,6 @@ control at ``--max-calls``, and a fleet of three daemons sharing audio processor
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import ssl
 import threading
@@ -13,8 +12,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import pytest
 import trustme
 from click.testing import CliRunner
@@ -26,8 +26,9 @@ from benchmarks.harness import Daemon
 from kokoro_service.cli import main
 from kokoro_service.client import Connection, speak
 from kokoro_service.config import Settings, parse_networks
+from kokoro_service.engine import Engine, Request, Synthesis
 from kokoro_service.metrics import REFUSALS, end_reason_label
-from kokoro_service.protocol import Audio, End
+from kokoro_service.protocol import SAMPLE_RATE, Audio, End
 from kokoro_service.readiness import Lifecycle
 from kokoro_service.server import Server
 from kokoro_service.web.app import create_app, speech_gate
@@ -38,7 +39,6 @@ from .conftest import (
     FakeSink,
     LogCapture,
     Ops,
-    RealWeights,
     free_port_base,
     http_get,
     wait_for,
@@ -333,12 +333,43 @@ def test_beyond_loopback_without_tls_warns(
     assert not logs.has("without TLS") and logs.has("over TLS")
 
 
-# -------------------------------------------------------------------- admission, real weights
+# ------------------------------------------------------------------------------ admission
 
 REPLY = (
     "Thanks for calling Acme Dental, this is Sarah. I can see your appointment on Tuesday "
     "afternoon with Doctor Patel, and I can move it if you need to."
 )
+# The synthesis speed the admission test sets: one worker's seconds per second of speech,
+# so that its workers keep WORKERS / METERED_RTF calls speaking in real time, whatever
+# else the host runs.
+METERED_RTF = 0.5
+WORKERS = 2
+SPOKEN_CHARS_PER_SECOND = 15.0  # about a person's rate
+
+
+class MeteredEngine:
+    """The test engine (voices, languages, threads), with synthesis at a set speed.
+
+    Speech is a quiet tone as long as the text takes to say, and each batch takes
+    METERED_RTF times its speech in a sleep, which costs no CPU: so the capacity a test
+    sets is the capacity the daemon has, on a fast host or on one whose cores other work
+    takes, where a real model's speed (and so its capacity) follows the other work.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+    def synthesize_batch(self, requests: list[Request]) -> list[Synthesis | Exception]:
+        started = time.perf_counter()
+        spoken = [len(r.text) / SPOKEN_CHARS_PER_SECOND / r.speed for r in requests]
+        time.sleep(METERED_RTF * sum(spoken))
+        seconds = (time.perf_counter() - started) / len(requests)
+        tone = 0.1 * np.sin(0.05 * np.arange(round(max(spoken) * SAMPLE_RATE)))
+        audio = tone.astype(np.float32)
+        return [Synthesis(audio[: round(s * SAMPLE_RATE)].copy(), seconds, "") for s in spoken]
 
 
 def overload(server: Server, callers: int) -> list[tuple[float, Any]]:
@@ -369,26 +400,24 @@ def client_stalls(sent: float, reply: Any) -> int:
     return playback(sent, reply.arrivals, seconds).stalls
 
 
-@pytest.mark.slow
 def test_admitted_calls_keep_real_time_at_a_load_that_stalls_without_the_limit(
-    real_weights: RealWeights, logs: LogCapture
+    daemon: DaemonFactory, engine: Engine, logs: LogCapture
 ) -> None:
-    """Real weights, the default limit from the warm-up, and at least 1.5 times the
-    calls the warm-up says the host keeps speaking: with the limit, the admitted calls
-    never stall and the rest are refused at once; without it, the same load stalls."""
-    settings, loaded = real_weights.settings, real_weights.loaded
-    capacity = loaded.calls_in_real_time
-    assert capacity is not None
-    limited = Server(settings, loaded.engine, voice=loaded.voice, capacity=capacity)
-    limit = limited.calls.max_calls
-    assert limit is not None and limit >= 1
-    assert limit == settings.admission_limit(capacity)
-    callers = 2 * limit + 2  # >= 1.5 x capacity, since limit >= 0.75 x capacity - 1
-    limited.start()
-    try:
-        results = overload(limited, callers)
-    finally:
-        limited.stop(drain_timeout=5)
+    """Workers that keep 4 calls speaking in real time (a set speed, not the host's),
+    --max-calls 2, and 8 calls at once: with the limit, exactly 2 calls are served and
+    never stall, and the rest are refused at once; without it, the same load stalls."""
+    capacity = WORKERS / METERED_RTF
+    # Unset, --max-calls follows the warm-up's capacity estimate, with a share in hand.
+    settings = Settings(workers=WORKERS)
+    by_default = Server(settings, engine, voice="af_sky", capacity=capacity)
+    assert by_default.calls.max_calls == settings.admission_limit(capacity)
+    limit = 2  # half the capacity: well within it, as the default is meant to be
+    callers = round(2 * capacity)  # twice what the workers can keep speaking
+    metered = cast(Engine, MeteredEngine(engine))
+    # The daemon's default segmenter, which sizes segments by the measured speed.
+    limited = daemon(engine=metered, workers=WORKERS, max_calls=limit, segment_growth=2.0)
+    assert limited.calls.max_calls == limit
+    results = overload(limited, callers)
     admitted = [(sent, r) for sent, r in results if r.chunks]
     assert len(admitted) == limit, f"{len(admitted)} admitted, limit {limit}"
     assert all(r.ended and r.closed for _, r in results)
@@ -398,23 +427,17 @@ def test_admitted_calls_keep_real_time_at_a_load_that_stalls_without_the_limit(
         "kokoro_calls_refused_total", {"reason": "busy"}
     )
     assert refused == callers - limit
-    assert logs.has("busy", "max_calls=")
+    assert logs.has("busy", f"max_calls={limit}")
 
-    unlimited = Server(
-        dataclasses.replace(settings, max_calls=0), loaded.engine, voice=loaded.voice
-    )
+    unlimited = daemon(engine=metered, workers=WORKERS, max_calls=0, segment_growth=2.0)
     assert unlimited.calls.max_calls is None
-    unlimited.start()
-    try:
-        results = overload(unlimited, callers)
-    finally:
-        unlimited.stop(drain_timeout=5)
+    results = overload(unlimited, callers)
     assert all(r.ended and r.chunks for _, r in results)
     stalls = sum(client_stalls(sent, r) for sent, r in results)
     heard = unlimited.metrics.registry.get_sample_value("kokoro_stall_seconds_count")
     print(
-        f"capacity {capacity:.2f}, limit {limit}, {callers} callers: {stalls} stalls "
-        f"heard by clients, {heard} counted by the daemon without the limit"
+        f"capacity {capacity:g}, limit {limit}, {callers} callers: {stalls} stalls heard by "
+        f"clients, {heard} counted by the daemon without the limit"
     )
     assert stalls > 0 and heard is not None and heard > 0
 

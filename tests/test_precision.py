@@ -137,27 +137,29 @@ def test_segment_seams_have_no_clicks_dc_or_clipping(
     """Consecutive segments of one reply, as the daemon sends them, on the bf16 path."""
     from kokoro_service.engine import Engine
     from kokoro_service.quality import clipped_samples, dc_offset, seam
+    from kokoro_service.segmenter import Segmenter
     from kokoro_service.server import Server
 
     engine, voice = real
     assert isinstance(engine, Engine)
     engine.use_precision("bf16")
-    settings = Settings(tcp_port=0, udp_port=0, cache_dir=tmp_path, warmup=False)
+    # Sentence mode: the reply is cut into the same segments however fast the host is
+    # (the default growth sizes them by the measured speed), and they are what is checked.
+    settings = Settings(tcp_port=0, udp_port=0, cache_dir=tmp_path, warmup=False, segment_growth=0)
+    text = " ".join(TELEPHONY_SENTENCES[:6])
+    plan = Segmenter(settings.segmenter)
+    segments = [*plan.push(text), *plan.flush()]
     server = Server(settings, engine, voice=voice)
     server.start()
     try:
-        reply = speak(
-            *server.tcp_address,
-            "seams",
-            [" ".join(TELEPHONY_SENTENCES[:6])],
-            timeout=TEST_TIMEOUT * 3,
-        )
+        reply = speak(*server.tcp_address, "seams", [text], timeout=TEST_TIMEOUT * 3)
     finally:
         server.stop(drain_timeout=5)
         engine.use_precision("fp32")
     assert reply.ended
     chunks = [c.to_array() for c in reply.chunks]
     assert len(chunks) >= 4, "the reply must be cut into several segments"
+    assert len(chunks) == len(segments), segments
     for i, audio in enumerate(chunks):
         assert clipped_samples(audio) == 0, i
         assert abs(dc_offset(audio)) < 0.005, i  # -46 dBFS

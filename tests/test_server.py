@@ -536,7 +536,11 @@ def test_turn_without_punctuation_is_spoken_when_the_llm_goes_quiet(
 
 def test_growing_segments_under_load(daemon: DaemonFactory) -> None:
     """The default (growth) segmenter: several calls at once still get every frame in order."""
-    server = daemon(segment_growth=2.0, workers=2)
+    # Growth sizes segments by the measured speed, and a budget's segment may carry several
+    # sentences (the whole reply, under the default cap); with a 40-character cap no
+    # segment exceeds 48 (a budget may overshoot by a quarter to reach punctuation), so
+    # the 112 characters are cut into at least three segments however fast the host is.
+    server = daemon(segment_growth=2.0, workers=2, max_segment_chars=40)
     text = " ".join(SENTENCES)
     replies: dict[str, Reply] = {}
 
