@@ -797,12 +797,12 @@ def baseline_tree(ref: str) -> Iterator[Path]:
 
 
 def summary(res: dict[str, Any]) -> dict[str, Any]:
-    """Per attack: whether the daemon lived, the peak threads and descriptors, the log."""
+    """Per attack: process alive, calls served, threads, descriptors, RSS, bytes logged."""
     out: dict[str, Any] = {}
     for name, a in res["attacks"].items():
         peak = a.get("peak") or {}
         out[name] = {
-            "survived": not peak.get("died", True) and bool(a.get("recovered", {}).get("alive")),
+            "alive": not peak.get("died", True) and bool(a.get("recovered", {}).get("alive")),
             "calls_ok": all(
                 a.get(k, {}).get("ok", False) for k in ("normal_call_held", "normal_call_released")
             ),
@@ -812,6 +812,29 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
             "log_bytes": a.get("log_bytes"),
         }
     return out
+
+
+def table(res: dict[str, Any]) -> str:
+    """The Markdown table of a result file's summary: this tree beside the baseline."""
+    sides = res["summary"]
+    ref = (res.get("baseline") or {}).get("ref", "baseline")
+    lines = [
+        "| attack | tree | daemon lives | normal calls served | threads | descriptors | logged |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in sides["this"]:
+        for side, label in (("this", "this"), ("baseline", ref)):
+            row = sides.get(side, {}).get(name)
+            if row is None:
+                continue
+            threads = " → ".join(str(n) for n in row["threads"])
+            fds = " → ".join(str(n) for n in row["fds"])
+            logged = f"{row['log_bytes'] / 1e3:,.1f} kB" if row["log_bytes"] is not None else "?"
+            lines.append(
+                f"| {name} | {label} | {'yes' if row['alive'] else 'no'} "
+                f"| {'yes' if row['calls_ok'] else 'no'} | {threads} | {fds} | {logged} |"
+            )
+    return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -854,11 +877,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a git ref whose daemon is probed the same way in the same run ('' for none)",
     )
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--table", type=Path, default=None, help="print a result file's table")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = parse_args(argv)
+    if ns.table is not None:
+        print(table(json.loads(ns.table.read_text(encoding="utf-8"))))
+        return 0
     host = host_facts()
     kwargs: dict[str, Any] = {
         "connections": ns.connections,
