@@ -48,7 +48,7 @@ from benchmarks.harness import (  # noqa: E402
     strict_json,
     summary,
 )
-from kokoro_service.client import Connection  # noqa: E402
+from kokoro_service.wire.client import Connection  # noqa: E402
 
 MODES = {"limited": [], "unlimited": ["--max-calls", "0"]}
 
@@ -119,7 +119,7 @@ def run_mode(
     name: str, extra: list[str], ns: argparse.Namespace, callers: int | None
 ) -> dict[str, Any]:
     daemon = Daemon(
-        [*ns.serve_arg, *extra, "--metrics-port", "0"], ns.cache_dir, "info", admission=True
+        [*ns.serve_arg, *extra, "--http-port", "0"], ns.cache_dir, "info", admission=True
     )
     log(f"{name}: starting {shlex.join(daemon.argv)}")
     started = daemon.start(timeout=600)

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from benchmarks.harness import Daemon
-from kokoro_service.client import Connection
-from kokoro_service.protocol import SAMPLE_RATE
-from kokoro_service.segmenter import Segmenter, SegmenterConfig
+from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
+from kokoro_service.wire.client import Connection
+from kokoro_service.wire.codec import SAMPLE_RATE
 
 TEXT_ONE = "Sure, I can help you reschedule your appointment for next Tuesday."
 TEXT_THREE = (

@@ -354,7 +354,7 @@ def is_random_checkpoint(model_dir: Path) -> bool | None:
 
 def architecture(model_dir: Path) -> str | None:
     """``full`` (Kokoro-82M's published hyperparameters), ``tiny`` or ``other``."""
-    from kokoro_service.models.checkpoint import SIZES, make_config
+    from kokoro_service.synthesis.models.checkpoint import SIZES, make_config
 
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))

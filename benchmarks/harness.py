@@ -31,7 +31,7 @@ from typing import Any, TextIO, TypeVar
 
 from kokoro_service.config import Settings
 from kokoro_service.errors import ConfigError
-from kokoro_service.protocol import SAMPLE_RATE
+from kokoro_service.wire.codec import SAMPLE_RATE
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

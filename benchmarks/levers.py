@@ -28,7 +28,7 @@ the alternative:
   (the daemon imports it into torch instead), beside the daemon's fp32 and bf16 paths:
   RTF, and Whisper's WER where the test extras are installed;
 * ``fused``: the vocoder's residual blocks with the fused forward (kept,
-  :mod:`kokoro_service.models.rewrites`) against kokoro's stock forward, in fp32 and in
+  :mod:`kokoro_service.synthesis.models.rewrites`) against kokoro's stock forward, in fp32 and in
   bf16, with the largest sample difference;
 * ``precision``: the vocoder in fp32 (the baseline), in bf16 (``--precision bf16``, what
   auto picks on a bf16 CPU), bf16 autocast over the whole model, and, with
@@ -78,7 +78,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from benchmarks.fresh import Weights, layout_once, synth_times  # noqa: E402
 from benchmarks.harness import RESULTS_DIR, cpu_flags, cpu_model, git_commit, log  # noqa: E402
-from kokoro_service.protocol import (  # noqa: E402
+from kokoro_service.wire.codec import (  # noqa: E402
     SAMPLE_RATE,
     AudioStreamDecoder,
     End,
@@ -387,7 +387,7 @@ def lever_onnxruntime(b: Bench, runs: int) -> dict[str, Any]:
         return {"skipped": "onnxruntime is not installed (scripts/install.sh test)"}
     import onnxruntime as ort
 
-    from kokoro_service.models.embedded import assemble_onnx
+    from kokoro_service.synthesis.models.embedded import assemble_onnx
     from tests.asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
 
     hear = transcribe if importlib.util.find_spec("faster_whisper") else None
@@ -457,7 +457,7 @@ def lever_onnxruntime(b: Bench, runs: int) -> dict[str, Any]:
 def lever_fused(b: Bench, runs: int) -> dict[str, Any]:
     from kokoro.istftnet import AdaINResBlock1
 
-    from kokoro_service.models.rewrites import FusedAdaINResBlock1
+    from kokoro_service.synthesis.models.rewrites import FusedAdaINResBlock1
     from tests.asr import TELEPHONY_SENTENCES
 
     e = b.engine
@@ -499,7 +499,8 @@ def lever_fused(b: Bench, runs: int) -> dict[str, Any]:
 
 
 def lever_batching(b: Bench, runs: int) -> dict[str, Any]:
-    from kokoro_service.engine import Request, bf16_unavailable
+    from kokoro_service.synthesis.devices import bf16_unavailable
+    from kokoro_service.synthesis.engine import Request
     from tests.asr import TELEPHONY_SENTENCES
 
     e = b.engine
@@ -564,7 +565,7 @@ def lever_precision(b: Bench, runs: int, with_compile: bool) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from kokoro_service.quality import log_mel_distance
+    from kokoro_service.audio.quality import log_mel_distance
     from tests.asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
 
     hear = transcribe if importlib.util.find_spec("faster_whisper") else None
@@ -729,7 +730,7 @@ def lever_profile(b: Bench, runs: int) -> dict[str, Any]:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from kokoro_service.engine import bf16_unavailable
+    from kokoro_service.synthesis.devices import bf16_unavailable
 
     synth = [b.engine.synthesize(SEGMENT, voice=b.voice, lang="a") for _ in range(runs)]
     seconds = statistics.median(r.seconds for r in synth)

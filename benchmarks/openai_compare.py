@@ -43,7 +43,7 @@ from benchmarks.harness import (  # noqa: E402
     strict_json,
     summary,
 )
-from kokoro_service.client import Connection  # noqa: E402
+from kokoro_service.wire.client import Connection  # noqa: E402
 
 TEXTS = {"one_sentence": TEXT_ONE, "three_sentence": TEXT_THREE}
 PATHS = ("binary", "openai-pcm", "openai-wav")
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import openai
 
     t_start = time.monotonic()
-    daemon = Daemon([*ns.serve_arg, "--metrics-port", "0"], ns.cache_dir, "info")
+    daemon = Daemon([*ns.serve_arg, "--http-port", "0"], ns.cache_dir, "info")
     log(f"starting {shlex.join(daemon.argv)}")
     daemon.start(timeout=600)
     samples: dict[str, dict[str, list[tuple[float, float]]]] = {

@@ -43,7 +43,7 @@ from benchmarks.callers import (
 )
 from benchmarks.daemon_log import parse_daemon_log
 from benchmarks.harness import GUARD, Daemon, InProcess, log, rounded, summary
-from kokoro_service.segmenter import Segmenter, SegmenterConfig
+from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
 
 PHASES = ("floor", "seed", "ttfa", "memory", "capacity", "cancel", "wer")
 
@@ -431,8 +431,8 @@ def phase_wer(daemon: Daemon, plan: Plan) -> dict[str, Any]:
         from tests.asr import corpus_word_error_rate, transcribe
     except ImportError as exc:  # the bench runs without the test extras too
         return {"skipped": f"needs the test extras ({exc})"}
-    from kokoro_service.client import speak
-    from kokoro_service.protocol import SAMPLE_RATE
+    from kokoro_service.wire.client import speak
+    from kokoro_service.wire.codec import SAMPLE_RATE
 
     all_pairs: list[tuple[str, str]] = []
     per_pass: list[float] = []

@@ -60,8 +60,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from benchmarks.harness import Daemon, host_facts, log, rounded, strict_json  # noqa: E402
 from benchmarks.wyoming_compare import describe  # noqa: E402
-from kokoro_service.client import Connection  # noqa: E402
-from kokoro_service.protocol import (  # noqa: E402
+from kokoro_service.wire.client import Connection  # noqa: E402
+from kokoro_service.wire.codec import (  # noqa: E402
     encode_keepalive,
     encode_register,
     encode_unregister,
@@ -688,7 +688,7 @@ def run_probe(
     args = [
         "--model-dir", str(model_dir),
         "--wyoming-port", "0",
-        "--metrics-port", "0",
+        "--http-port", "0",
         "--sink-port-base", str(sink_base),
         *serve_args,
     ]  # fmt: skip

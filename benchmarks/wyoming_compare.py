@@ -7,7 +7,7 @@ when its ready file appears), with ``--wyoming-port`` on a free port added to it
 arguments.  The peer is ``PEER_PYTHON -m wyoming_kokoro_torch`` in its own virtual
 environment (it pins ``wyoming<1.8``), run with no network (``HF_HUB_OFFLINE=1``, an empty
 ``HF_HOME``) on the weights our daemon resolves by default: the directory that
-``kokoro_service.models.sources.resolve_source`` returns for the daemon's settings (the
+``kokoro_service.synthesis.models.sources.resolve_source`` returns for the daemon's settings (the
 embedded import, ``config.json`` + ``kokoro-v1_0.pth`` + ``voices/*.pt``, unless a hub
 cache or ``--model-dir`` takes precedence) is laid out by symlinks in a temp dir as the
 peer's ``--data-dir``:
@@ -115,7 +115,7 @@ from benchmarks.harness import (  # noqa: E402
     strict_json,
     summary,
 )
-from kokoro_service.client import Connection  # noqa: E402
+from kokoro_service.wire.client import Connection  # noqa: E402
 
 # The reply: three sentences, so a server that cuts at sentence ends starts after
 # the first one.  The one-sentence reply is the latency benchmark's.
@@ -1094,7 +1094,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if want_ours:
             daemon, wyoming_port = start_ours(ns, serve_args, running, res["ours"], problems)
         # The weights: what our daemon resolves by default, by its own function.
-        from kokoro_service.models.sources import resolve_source
+        from kokoro_service.synthesis.models.sources import resolve_source
 
         source = resolve_source(settings.model_dir, settings.cache_dir)
         res["weights"] = {

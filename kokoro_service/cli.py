@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from .config import (
+from kokoro_service.config import (
     Settings,
     cli_fields,
     default_cache_dir,
@@ -32,9 +32,11 @@ from .config import (
     parse_networks,
     range_text,
 )
-from .errors import ConfigError, KokoroServiceError
-from .protocol import CONTROL_SPEED_RANGE, SAMPLE_RATE, SAMPLE_RATES, SAMPLE_WIDTHS
-from .ratelimit import EscapingFormatter
+from kokoro_service.errors import ConfigError, KokoroServiceError
+from kokoro_service.logs import EscapingFormatter
+from kokoro_service.wire.codec import CONTROL_SPEED_RANGE, SAMPLE_RATE, SAMPLE_RATES, SAMPLE_WIDTHS
+
+log = logging.getLogger("kokoro_service.cli")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _FIELDS = {f.name: f for f in cli_fields()}
@@ -97,6 +99,7 @@ def setting_option(name: str, **overrides: Any) -> Callable[[Any], Any]:
 
 def settings_from_options(**kw: Any) -> Settings:
     """Validated :class:`Settings` from ``serve``'s options; unset ones keep their default."""
+    _renamed(kw)
     given = {k: v for k, v in kw.items() if v is not None}
     if "allow" in given:
         given["allow"] = parse_networks(given["allow"])
@@ -123,21 +126,59 @@ def _serve_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+# Old names of options, still read: each logs a deprecation at start-up.
+DEPRECATED_OPTIONS = {"metrics_port": "http_port", "metrics_host": "http_host"}
+
+
+def _deprecated_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for old, new in DEPRECATED_OPTIONS.items():
+        command = click.option(
+            option_name(old),
+            old,
+            type=_click_type(_FIELDS[new]),
+            default=None,
+            envvar=env_var(old),
+            hidden=True,
+        )(command)
+    return command
+
+
+def _renamed(kw: dict[str, Any]) -> list[str]:
+    """Move the deprecated options' values to their new names (a new name given wins);
+    the deprecation lines to log."""
+    lines = []
+    for old, new in DEPRECATED_OPTIONS.items():
+        value = kw.pop(old, None)
+        if value is None:
+            continue
+        was, now = f"{option_name(old)} ({env_var(old)})", f"{option_name(new)} ({env_var(new)})"
+        if kw.get(new) is None:
+            kw[new] = value
+            lines.append(f"{was} is deprecated: use {now}")
+        else:
+            lines.append(f"{was} is deprecated and ignored: {now} is set too")
+    return lines
+
+
 @main.command(context_settings=CONTEXT)
 @_serve_options
+@_deprecated_options
 def serve(**kw: Any) -> None:
     """Run the daemon until SIGTERM or SIGINT.
 
     Exit codes: 0 after a clean stop, 1 on an unexpected error, 2 for bad options,
     3 when start-up fails (model, device, voice, ports), 4 when a second signal forces exit.
     """
+    deprecations = _renamed(kw)
     try:
         settings = settings_from_options(**kw)
     except ConfigError as exc:
         raise _bad_option(exc) from None
     _setup_logging(settings.log_level)
+    for line in deprecations:
+        log.warning(line)
     _env_common()
-    from .daemon import EXIT_FORCED, run
+    from kokoro_service.daemon import EXIT_FORCED, run
 
     code = run(settings)
     if code == EXIT_FORCED or _threads_left():
@@ -187,8 +228,8 @@ def say(text: str, output: Path, **kw: Any) -> None:
     import numpy as np
     import soundfile as sf
 
-    from .daemon import load_engine
-    from .segmenter import Segmenter
+    from kokoro_service.daemon import load_engine
+    from kokoro_service.text.segmenter import Segmenter
 
     settings = _settings(**kw, warmup=False)
     _setup_logging("warning")
@@ -282,8 +323,8 @@ def send(
     """
     import soundfile as sf
 
-    from .client import speak
-    from .protocol import validate_call_id
+    from kokoro_service.wire.client import speak
+    from kokoro_service.wire.codec import validate_call_id
 
     target = _settings(**kw)
     host, tcp_port = target.host, target.tcp_port
@@ -343,7 +384,7 @@ def _client_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSL
 @setting_option("cache_dir")
 def voices(model_dir: Path | None, cache_dir: Path | None) -> None:
     """List the voices the daemon can use, and the model source they come from."""
-    from .models.sources import resolve_source
+    from kokoro_service.synthesis.models.sources import resolve_source
 
     _setup_logging("warning")
     _env_common()
@@ -364,7 +405,7 @@ def download(model_dir: Path | None) -> None:
     os.environ.pop("HF_HUB_OFFLINE", None)
     from huggingface_hub import snapshot_download
 
-    from .models.sources import REPO_ID
+    from kokoro_service.synthesis.models.architecture import REPO_ID
 
     try:
         path = snapshot_download(
@@ -394,7 +435,7 @@ def make_checkpoint(directory: Path, size: str, seed: int, frames_per_token: flo
 
     It speaks noise, not words: it proves the plumbing, not the voice.
     """
-    from .models.checkpoint import build_random_checkpoint
+    from kokoro_service.synthesis.models.checkpoint import build_random_checkpoint
 
     _setup_logging("warning")
     out = build_random_checkpoint(

@@ -19,16 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .protocol import CONTROL_FLAG, CONTROL_SPEED_RANGE, DEFAULT_MAX_TEXT_BYTES
-from .segmenter import SegmenterConfig
+from kokoro_service.errors import ConfigError
+from kokoro_service.synthesis.devices import DEVICES, PRECISIONS
+from kokoro_service.text.segmenter import SegmenterConfig
+from kokoro_service.wire.codec import CONTROL_FLAG, CONTROL_SPEED_RANGE, DEFAULT_MAX_TEXT_BYTES
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "KOKORO_"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
 _DEVICE = re.compile(rf"\s*({'|'.join(DEVICES)})(:[0-9]+)?\s*", re.IGNORECASE)
 # How often blocked loops (readers, accept, registrar, idle workers) look at the stop flag
 # and their deadlines.
@@ -132,7 +131,7 @@ class Settings:
         hi=65535,
         shown="off",
     )
-    metrics_port: int | None = knob(
+    http_port: int | None = knob(
         None,
         "HTTP port for /metrics (Prometheus), /healthz, /readyz and the OpenAI-style "
         "speech API under /v1 (0: any free port).",
@@ -140,7 +139,7 @@ class Settings:
         hi=65535,
         shown="off",
     )
-    metrics_host: str = knob(
+    http_host: str = knob(
         "127.0.0.1", "Address the HTTP port binds; its clients must be in --allow too."
     )
     api_key: str | None = knob(
@@ -392,7 +391,7 @@ class Settings:
         per_port = self.max_connections
         if self.wyoming_port is not None:
             per_port += self.max_wyoming_connections
-        if self.metrics_port is not None:
+        if self.http_port is not None:
             per_port += self.max_http_connections
         return 128 + DESCRIPTORS_PER_CONNECTION * per_port
 

@@ -2,8 +2,9 @@
 
 ``run(settings)`` opens the HTTP port (metrics and health) when asked, picks the device,
 loads the model and warms it up off the main thread, starts the
-:class:`~kokoro_service.server.Server`, says it is ready (:mod:`.readiness`), waits for
-SIGTERM or SIGINT, drains, and returns the exit code.
+:class:`~kokoro_service.server.server.Server` and the Wyoming port, says it is ready
+(:mod:`kokoro_service.ops.readiness`), waits for SIGTERM or SIGINT, drains, and returns
+the exit code.  It is the one place that wires the layers together.
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 
-from . import phonetext
-from .config import Settings
-from .engine import Engine, PrecisionCheck, WarmUp, bf16_unavailable, probe_devices, select_device
-from .errors import KokoroServiceError, StartupError, VoiceError
-from .metrics import Metrics
-from .models.sources import resolve_source
-from .readiness import Lifecycle, Readiness
-from .server import Server
-from .voices import choose_voice
-from .web.app import create_app
-from .web.server import HttpServer
+from kokoro_service.adapters.http.app import create_app
+from kokoro_service.adapters.http.server import HttpServer
+from kokoro_service.adapters.wyoming import WyomingServer
+from kokoro_service.config import Settings
+from kokoro_service.errors import KokoroServiceError, StartupError, VoiceError
+from kokoro_service.ops.metrics import Metrics
+from kokoro_service.ops.readiness import Lifecycle, Readiness
+from kokoro_service.server.local_calls import LocalCallsSlot
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.devices import bf16_unavailable, probe_devices, select_device
+from kokoro_service.synthesis.engine import Engine, PrecisionCheck, WarmUp
+from kokoro_service.synthesis.models.sources import resolve_source
+from kokoro_service.synthesis.voices import choose_voice
+from kokoro_service.text import phonetext
 
 log = logging.getLogger("kokoro_service.daemon")
 
@@ -218,12 +222,14 @@ def run(settings: Settings) -> int:
     readiness.withdraw_stale()  # a file left by a killed run must not read as ready
     metrics, lifecycle = Metrics(), Lifecycle()
     metrics.live.lifecycle = lifecycle
-    http = None
+    serving = LocalCallsSlot()
+    http: HttpServer | None = None
+    wyoming: WyomingServer | None = None
     try:
-        if settings.metrics_port is not None:
+        if settings.http_port is not None:
             # Up before the model loads: a liveness probe passes while /readyz says why
             # the instance is not ready yet.
-            app = create_app(metrics, lifecycle, settings)
+            app = create_app(metrics, lifecycle, settings, serving)
             tls = (
                 (settings.tls_cert, settings.tls_key)
                 if settings.tls_cert is not None and settings.tls_key is not None
@@ -231,8 +237,8 @@ def run(settings: Settings) -> int:
             )
             http = HttpServer(
                 app,
-                settings.metrics_host,
-                settings.metrics_port,
+                settings.http_host,
+                settings.http_port,
                 tls=tls,
                 max_connections=settings.max_http_connections,
                 first_request_timeout=settings.hello_timeout,
@@ -248,6 +254,14 @@ def run(settings: Settings) -> int:
             metrics=metrics,
         )
         server.start()
+        if settings.wyoming_port is not None:
+            wyoming = WyomingServer(server.local_calls(), settings.wyoming_port, tls=server.tls)
+            try:
+                wyoming.start()
+            except StartupError:
+                server.stop(drain_timeout=0.0)
+                raise
+        serving.fill(server.local_calls())
     except KokoroServiceError as exc:  # StartupError, ConfigError, VoiceError ...
         log.error("start-up failed: %s", exc)
         if http is not None:
@@ -255,10 +269,13 @@ def run(settings: Settings) -> int:
         return EXIT_STARTUP
     code = EXIT_ERROR
     try:
-        code = _serve(settings, readiness, server, loaded, lifecycle, metrics, http)
+        code = _serve(settings, readiness, server, loaded, lifecycle, metrics, http, wyoming)
     finally:
-        if http is not None and code != EXIT_FORCED:  # a forced exit waits for nothing
-            http.stop()
+        if code != EXIT_FORCED:  # a forced exit waits for nothing
+            # After the server's drain, which has finished their calls too.
+            for port in (wyoming, http):
+                if port is not None:
+                    port.stop()
     return code
 
 
@@ -270,6 +287,7 @@ def _serve(
     lifecycle: Lifecycle,
     metrics: Metrics,
     http: HttpServer | None,
+    wyoming: WyomingServer | None,
 ) -> int:
     """Serve until a signal, then drain; the exit code."""
     engine = loaded.engine
@@ -280,12 +298,13 @@ def _serve(
         max_batch=server.max_batch,
         voice=loaded.voice,
     )
-    lifecycle.serving(server, loaded.calls_in_real_time)
+    lifecycle.serving(server.status, loaded.calls_in_real_time)
 
     signals = _Signals()
     previous = {sig: signal.signal(sig, signals.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        readiness.ready(_ready_info(settings, server, loaded, http), status=_status(server, loaded))
+        info = _ready_info(settings, server, loaded, http, wyoming)
+        readiness.ready(info, status=_status(server, loaded))
         watchdog = readiness.watchdog_interval
         tick = min(_MAIN_LOOP_TICK, watchdog) if watchdog else _MAIN_LOOP_TICK
         pinged = time.monotonic()
@@ -313,7 +332,11 @@ def _serve(
 
 
 def _ready_info(
-    settings: Settings, server: Server, loaded: Loaded, http: HttpServer | None
+    settings: Settings,
+    server: Server,
+    loaded: Loaded,
+    http: HttpServer | None,
+    wyoming: WyomingServer | None,
 ) -> dict[str, object]:
     tcp_host, tcp_port = server.tcp_address
     udp_host, udp_port = server.udp_address
@@ -333,9 +356,7 @@ def _ready_info(
         ),
         "max_calls": server.calls.max_calls,
         "wyoming": (
-            None
-            if server.wyoming is None
-            else dict(zip(("host", "port"), server.wyoming.address, strict=True))
+            None if wyoming is None else dict(zip(("host", "port"), wyoming.address, strict=True))
         ),
         "torch_threads": loaded.engine.torch_threads,
         "precision": loaded.engine.precision,

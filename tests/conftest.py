@@ -19,20 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.types import ASGIApp
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kokoro_service.client import Reply
+from kokoro_service.adapters.http.app import create_app
+from kokoro_service.adapters.http.server import HttpServer
+from kokoro_service.adapters.wyoming import WyomingServer
 from kokoro_service.config import Settings
 from kokoro_service.daemon import Loaded, load_off_main_thread
-from kokoro_service.engine import Engine
-from kokoro_service.models.checkpoint import build_random_checkpoint
-from kokoro_service.models.sources import model_dir_source
-from kokoro_service.protocol import Audio, AudioStreamDecoder, End, Words
-from kokoro_service.readiness import Lifecycle
-from kokoro_service.server import Server
-from kokoro_service.web.app import create_app
-from kokoro_service.web.server import HttpServer
+from kokoro_service.ops.readiness import Lifecycle
+from kokoro_service.server.local_calls import LocalCallsSlot
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.engine import Engine
+from kokoro_service.synthesis.models.checkpoint import build_random_checkpoint
+from kokoro_service.synthesis.models.sources import model_dir_source
+from kokoro_service.wire.client import Reply
+from kokoro_service.wire.codec import Audio, AudioStreamDecoder, End, Words
 
 TEST_TIMEOUT = 60.0
 
@@ -102,8 +105,8 @@ def ops(daemon: DaemonFactory) -> Iterator[Callable[..., Ops]]:
         server = daemon(**overrides)
         lifecycle = Lifecycle()
         server.metrics.live.lifecycle = lifecycle
-        lifecycle.serving(server, capacity=None)
-        app = create_app(server.metrics, lifecycle, server.settings)
+        lifecycle.serving(server.status, capacity=None)
+        app = http_app(server, lifecycle)
         http = HttpServer(app, "127.0.0.1", 0)
         http.start()
         servers.append(http)
@@ -142,6 +145,38 @@ def daemon(engine: Engine, tmp_path: Path) -> Iterator[DaemonFactory]:
     yield start
     for server in servers:
         server.stop(drain_timeout=5.0)
+
+
+def http_app(
+    server: Server, lifecycle: Lifecycle | None = None, settings: Settings | None = None
+) -> ASGIApp:
+    """The HTTP port's app over an in-process server, wired as ``daemon.run()`` wires it."""
+    if lifecycle is None:
+        lifecycle = Lifecycle()
+        lifecycle.serving(server.status, capacity=None)
+    serving = LocalCallsSlot()
+    serving.fill(server.local_calls())
+    return create_app(server.metrics, lifecycle, settings or server.settings, serving)
+
+
+WyomingFactory = Callable[[Server], WyomingServer]
+
+
+@pytest.fixture
+def wyoming() -> Iterator[WyomingFactory]:
+    """The Wyoming port over an in-process server, as ``daemon.run()`` starts it, with the
+    server's settings and TLS; each is stopped after the test."""
+    started: list[WyomingServer] = []
+
+    def start(server: Server) -> WyomingServer:
+        port = WyomingServer(server.local_calls(), 0, tls=server.tls)
+        port.start()
+        started.append(port)
+        return port
+
+    yield start
+    for port in started:
+        port.stop()
 
 
 def free_port_base(span: int = 32) -> int:

@@ -3,7 +3,7 @@
 Each pair is (written, spoken): ``written`` is one short sentence of the kind a telephone
 agent's LLM produces; ``spoken`` is the plain words a listener would write down, lower
 case and without punctuation.  The ASR test synthesises ``written`` (before and after
-:func:`kokoro_service.phonetext.normalize`) and scores the transcript against ``spoken``
+:func:`kokoro_service.text.phonetext.normalize`) and scores the transcript against ``spoken``
 after whisper-normalizer's EnglishTextNormalizer; ``tests/test_phonetext.py`` checks
 offline that ``normalize(written)`` and ``spoken`` normalise to the same words.
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from kokoro_service.models import embedded
+from kokoro_service.synthesis.models import embedded
 
 try:  # tests/ may or may not become a package; support both import layouts
     from tests.asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe, word_error_rate

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 
+from kokoro_service.audio.quality import log_mel_distance
 from kokoro_service.config import Settings
 from kokoro_service.daemon import load_off_main_thread
-from kokoro_service.engine import Engine, G2PChunk, Request, Synthesis, bf16_unavailable
 from kokoro_service.errors import SynthesisError, VoiceError
-from kokoro_service.models import batched
-from kokoro_service.models.batched import BatchItem, forward_batch
-from kokoro_service.quality import log_mel_distance
+from kokoro_service.synthesis.devices import bf16_unavailable
+from kokoro_service.synthesis.engine import Engine, G2PChunk, Request, Synthesis
+from kokoro_service.synthesis.models import batched
+from kokoro_service.synthesis.models.batched import BatchItem, forward_batch
 
 from .conftest import LogCapture
 
@@ -129,7 +130,7 @@ def test_engine_batch_of_text_without_phonemes_gives_no_audio(engine: Engine) ->
 def test_warm_up_runs_a_batched_pass_and_fails_where_it_cannot(
     tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kokoro_service.models.sources import model_dir_source
+    from kokoro_service.synthesis.models.sources import model_dir_source
 
     eng = Engine(model_dir_source(tiny_dir), device="cpu")
     eng.warm_up("af_sky", "a", max_batch=4)

@@ -12,10 +12,10 @@ import queue
 import threading
 from typing import cast
 
-from kokoro_service.client import Connection, Reply, speak
-from kokoro_service.engine import Engine, Request, Synthesis
-from kokoro_service.scheduler import CallWork, Scheduler, Segment
-from kokoro_service.server import Server
+from kokoro_service.calls.scheduler import CallWork, Scheduler, Segment
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.engine import Engine, Request, Synthesis
+from kokoro_service.wire.client import Connection, Reply, speak
 
 from .conftest import TEST_TIMEOUT, DaemonFactory, wait_for
 from .test_server import assert_clean_reply, expected_lengths, lengths

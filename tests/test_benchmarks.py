@@ -15,7 +15,7 @@ from benchmarks.harness import Daemon, percentile, serve_settings
 from benchmarks.levers import _nodelay_once, _quantized_generator
 from benchmarks.phases import ttfa_once
 from benchmarks.report import evaluate
-from kokoro_service.engine import Engine
+from kokoro_service.synthesis.engine import Engine
 
 
 def test_player_fed_in_time_never_stalls() -> None:

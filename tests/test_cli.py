@@ -21,9 +21,9 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from kokoro_service.cli import main
-from kokoro_service.client import Connection
+from kokoro_service.wire.client import Connection
 
-from .conftest import TEST_TIMEOUT, wait_for
+from .conftest import TEST_TIMEOUT, http_get, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent / "kokoro-service"
@@ -266,6 +266,8 @@ def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) 
         process.log(),
     )
     assert "device cpu (requested auto" in process.log()
+    # An operator's first screen holds the daemon's own lines, no library's warnings.
+    assert not re.search(r"\w+Warning: ", process.log()), process.log()[:2000]
     assert re.search(r"utterance call=42 segments=\d+ synth_s=\S+ audio_s=\S+ rtf=", process.log())
     ready = process.ready
     assert ready["pid"] == process.proc.pid and ready["device"] == "cpu"
@@ -275,6 +277,37 @@ def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) 
     assert process.stop() == 0
     assert "stopped drained=True" in process.log()
     assert not process.ready_file.exists(), "a stopped daemon withdraws its ready file"
+
+
+def test_the_old_names_of_the_http_port_still_work_and_say_they_are_deprecated(
+    tiny_dir: Path,
+) -> None:
+    d = Daemon(
+        ["--model-dir", str(tiny_dir), "--no-warmup", "--metrics-port", "0"],
+        env={"KOKORO_METRICS_HOST": "127.0.0.1"},
+    )
+    try:
+        assert d.ready["http"]["port"] > 0 and d.ready["http"]["host"] == "127.0.0.1"
+        status, _ = http_get(f"http://127.0.0.1:{d.ready['http']['port']}", "/healthz")
+        assert status == 200
+        log = d.log()
+        assert "--metrics-port (KOKORO_METRICS_PORT) is deprecated: use --http-port" in log
+        assert "--metrics-host (KOKORO_METRICS_HOST) is deprecated: use --http-host" in log
+        assert d.stop() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def test_a_new_name_given_with_its_old_one_wins() -> None:
+    from kokoro_service.cli import serve, settings_from_options
+
+    ctx = serve.make_context("serve", ["--metrics-port", "9001", "--http-port", "9002"])
+    assert settings_from_options(**ctx.params).http_port == 9002
+    ctx = serve.make_context("serve", ["--metrics-port", "9001"])
+    assert settings_from_options(**ctx.params).http_port == 9001
+    assert "--metrics-port" not in serve.get_help(ctx), "old names are not advertised"
 
 
 def test_systemd_notify_ready_watchdog_and_stopping(tiny_dir: Path, tmp_path: Path) -> None:

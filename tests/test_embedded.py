@@ -19,7 +19,7 @@ import torch
 from numpy.typing import NDArray
 
 from kokoro_service.errors import ModelImportError
-from kokoro_service.models import embedded, onnx_import
+from kokoro_service.synthesis.models import embedded, onnx_import
 
 SAMPLE_RATE = 24000
 EQUIVALENCE_VOICE = "jf_alpha"

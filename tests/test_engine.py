@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from kokoro_service.engine import Engine, select_device
 from kokoro_service.errors import (
     DeviceUnavailableError,
     ModelLoadError,
     StartupError,
     VoiceError,
 )
-from kokoro_service.models.checkpoint import build_random_checkpoint
-from kokoro_service.models.sources import model_dir_source, resolve_source
-from kokoro_service.voices import choose_voice, parse_voice_spec
+from kokoro_service.synthesis.devices import select_device
+from kokoro_service.synthesis.engine import Engine
+from kokoro_service.synthesis.models.checkpoint import build_random_checkpoint
+from kokoro_service.synthesis.models.sources import model_dir_source, resolve_source
+from kokoro_service.synthesis.voices import choose_voice, parse_voice_spec
 
 # --------------------------------------------------------------------------- devices
 
@@ -72,7 +73,7 @@ def test_blend_is_weighted_mean(engine: Engine, tiny_dir: Path) -> None:
 def test_an_unreadable_voice_file_is_refused_when_chosen(tiny_dir: Path, tmp_path: Path) -> None:
     """CONTROL validation loads the voice file, so a call keeps its voice rather than
     switching to one whose every segment would fail."""
-    from kokoro_service.voices import VoiceTable
+    from kokoro_service.synthesis.voices import VoiceTable
 
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a tensor")

@@ -15,8 +15,7 @@ import numpy.typing as npt
 import pytest
 import soxr
 
-from kokoro_service.errors import ProtocolError
-from kokoro_service.formats import (
+from kokoro_service.audio.formats import (
     AudioFormat,
     CallEncoder,
     alaw_to_linear,
@@ -26,7 +25,8 @@ from kokoro_service.formats import (
     linear_to_ulaw,
     ulaw_to_linear,
 )
-from kokoro_service.protocol import (
+from kokoro_service.errors import ProtocolError
+from kokoro_service.wire.codec import (
     Audio,
     AudioStreamDecoder,
     Control,

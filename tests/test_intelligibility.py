@@ -13,10 +13,10 @@ from typing import Literal
 
 import pytest
 
-from kokoro_service.client import speak
-from kokoro_service.models import embedded
-from kokoro_service.protocol import SAMPLE_RATE
-from kokoro_service.server import Server
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.models import embedded
+from kokoro_service.wire.client import speak
+from kokoro_service.wire.codec import SAMPLE_RATE
 
 from .asr import (
     TELEPHONY_SENTENCES,
@@ -75,15 +75,11 @@ def test_the_openai_endpoint_is_intelligible_through_the_official_client(
     import openai
     import soundfile as sf
 
-    from kokoro_service.readiness import Lifecycle
-    from kokoro_service.web.app import create_app
-    from kokoro_service.web.server import HttpServer
+    from kokoro_service.adapters.http.server import HttpServer
 
-    lifecycle = Lifecycle()
-    lifecycle.serving(real_server, capacity=None)
-    http = HttpServer(
-        create_app(real_server.metrics, lifecycle, real_server.settings), "127.0.0.1", 0
-    )
+    from .conftest import http_app
+
+    http = HttpServer(http_app(real_server), "127.0.0.1", 0)
     http.start()
     try:
         host, port = http.address

@@ -17,8 +17,8 @@ import openai
 import pytest
 import soundfile as sf
 
-from kokoro_service.engine import Engine
-from kokoro_service.web.openai import wav_header
+from kokoro_service.adapters.http.openai import wav_header
+from kokoro_service.synthesis.engine import Engine
 
 from .conftest import Ops, wait_for
 from .test_server import expected_lengths
@@ -153,7 +153,7 @@ def test_api_key_and_the_loopback_rule(ops: Callable[..., Ops]) -> None:
     )
     assert len(ok.content) > 0
     # Beyond loopback with neither TLS nor a key, the API is off (health is not).
-    open_port = ops(metrics_host="0.0.0.0")
+    open_port = ops(http_host="0.0.0.0")
     with pytest.raises(openai.PermissionDeniedError, match="off"):
         stream(open_port)
     assert open_port.get("/healthz")[0] == 200
@@ -161,7 +161,7 @@ def test_api_key_and_the_loopback_rule(ops: Callable[..., Ops]) -> None:
 
 def test_a_full_instance_answers_503(ops: Callable[..., Ops]) -> None:
     o = ops(max_calls=1)
-    from kokoro_service.client import Connection
+    from kokoro_service.wire.client import Connection
 
     with Connection(*o.server.tcp_address) as held:
         held.hello("1")

@@ -23,16 +23,17 @@ from prometheus_client.samples import Sample
 
 from benchmarks.callers import playback
 from benchmarks.harness import Daemon
+from kokoro_service.adapters.http.app import create_app, speech_gate
+from kokoro_service.adapters.http.server import HttpServer
 from kokoro_service.cli import main
-from kokoro_service.client import Connection, speak
 from kokoro_service.config import Settings, parse_networks
-from kokoro_service.engine import Engine, Request, Synthesis
-from kokoro_service.metrics import REFUSALS, end_reason_label
-from kokoro_service.protocol import SAMPLE_RATE, Audio, End
-from kokoro_service.readiness import Lifecycle
-from kokoro_service.server import Server
-from kokoro_service.web.app import create_app, speech_gate
-from kokoro_service.web.server import HttpServer
+from kokoro_service.ops.metrics import REFUSALS, end_reason_label
+from kokoro_service.ops.readiness import Lifecycle
+from kokoro_service.server.local_calls import LocalCallsSlot
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.engine import Engine, Request, Synthesis
+from kokoro_service.wire.client import Connection, speak
+from kokoro_service.wire.codec import SAMPLE_RATE, Audio, End
 
 from .conftest import (
     DaemonFactory,
@@ -40,6 +41,7 @@ from .conftest import (
     LogCapture,
     Ops,
     free_port_base,
+    http_app,
     http_get,
     wait_for,
 )
@@ -150,7 +152,7 @@ def test_readiness_says_draining_and_http_honours_allow(ops: Callable[..., Ops])
     assert o.get("/healthz")[0] == 200
 
     settings = Settings(allow=parse_networks("10.0.0.0/8"))
-    app = create_app(o.server.metrics, o.lifecycle, settings)
+    app = http_app(o.server, o.lifecycle, settings)
     http = HttpServer(app, "127.0.0.1", 0)
     http.start()
     try:
@@ -167,13 +169,13 @@ def test_http_port_in_use_fails_start_up() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        http = HttpServer(create_app(*_dummy()), "127.0.0.1", port)
+        http = HttpServer(create_app(*_dummy(), LocalCallsSlot()), "127.0.0.1", port)
         with pytest.raises(StartupError, match="HTTP port"):
             http.start()
 
 
 def _dummy() -> tuple[Any, Lifecycle, Settings]:
-    from kokoro_service.metrics import Metrics
+    from kokoro_service.ops.metrics import Metrics
 
     return Metrics(), Lifecycle(), Settings()
 
@@ -304,7 +306,7 @@ def test_the_http_port_speaks_https_with_the_daemons_certificate(
     ops: Callable[..., Ops], pki: Pki
 ) -> None:
     o = ops()
-    app = create_app(o.server.metrics, o.lifecycle, o.server.settings)
+    app = http_app(o.server, o.lifecycle)
     http = HttpServer(app, "127.0.0.1", 0, tls=(pki.cert, pki.cert))
     http.start()
     try:
@@ -317,10 +319,10 @@ def test_the_http_port_speaks_https_with_the_daemons_certificate(
     finally:
         http.stop()
     # Beyond loopback the speech API needs TLS or a key; with either it is on.
-    assert speech_gate(Settings(metrics_host="0.0.0.0"))("10.0.0.1") is not None
-    tls = Settings(metrics_host="0.0.0.0", tls_cert=pki.cert, tls_key=pki.cert)
+    assert speech_gate(Settings(http_host="0.0.0.0"))("10.0.0.1") is not None
+    tls = Settings(http_host="0.0.0.0", tls_cert=pki.cert, tls_key=pki.cert)
     assert speech_gate(tls)("10.0.0.1") is None
-    assert speech_gate(Settings(metrics_host="0.0.0.0", api_key="k"))("10.0.0.1") is None
+    assert speech_gate(Settings(http_host="0.0.0.0", api_key="k"))("10.0.0.1") is None
 
 
 def test_beyond_loopback_without_tls_warns(
@@ -461,7 +463,7 @@ def test_a_fleet_of_three_routes_each_calls_audio_to_its_sink_exactly_once(
         "--torch-threads=1",
         f"--sink-port-base={base}",
         f"--registration-ttl={ttl}",
-        "--metrics-port=0",
+        "--http-port=0",
     ]
     for i in range(3):
         (tmp_path / f"d{i}").mkdir()

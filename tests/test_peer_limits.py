@@ -22,27 +22,32 @@ from wyoming.event import Event
 from wyoming.info import Describe
 from wyoming.tts import Synthesize, SynthesizeVoice
 
-from kokoro_service.client import Connection, speak
+from kokoro_service.adapters.http.server import HttpServer
 from kokoro_service.config import parse_networks
-from kokoro_service.engine import Engine
-from kokoro_service.protocol import (
+from kokoro_service.logs import EscapingFormatter
+from kokoro_service.synthesis.engine import Engine
+from kokoro_service.wire.client import Connection, speak
+from kokoro_service.wire.codec import (
     Control,
     encode_control,
     encode_hello,
     encode_register,
     encode_unregister,
 )
-from kokoro_service.ratelimit import EscapingFormatter
-from kokoro_service.readiness import Lifecycle
-from kokoro_service.server import Server
-from kokoro_service.web.app import create_app
-from kokoro_service.web.server import HttpServer
 
-from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, wait_for
+from .conftest import (
+    TEST_TIMEOUT,
+    DaemonFactory,
+    FakeSink,
+    LogCapture,
+    WyomingFactory,
+    http_app,
+    wait_for,
+)
 from .test_server import assert_clean_reply, expected_lengths, lengths, send_udp
 
 # No ":" in it: a voice spec reads that as a weight, and the name must reach "unknown voice".
-FORGED = "x\nFORGED 2026-01-01 INFO kokoro_service.server all calls ended"
+FORGED = "x\nFORGED 2026-01-01 INFO kokoro_service.server.server all calls ended"
 
 
 def _no_forged_line(logs: LogCapture) -> None:
@@ -265,7 +270,7 @@ def test_the_http_port_caps_connections_and_closes_idle_ones(daemon: DaemonFacto
     server = daemon()
     refused: list[int] = []
     http = HttpServer(
-        create_app(server.metrics, _lifecycle(server), server.settings),
+        http_app(server),
         "127.0.0.1",
         0,
         max_connections=4,
@@ -291,18 +296,12 @@ def test_the_http_port_caps_connections_and_closes_idle_ones(daemon: DaemonFacto
         http.stop()
 
 
-def _lifecycle(server: Server) -> Lifecycle:
-    lifecycle = Lifecycle()
-    lifecycle.serving(server, capacity=None)
-    return lifecycle
-
-
 def test_the_wyoming_port_caps_connections_and_closes_idle_ones(
-    daemon: DaemonFactory, logs: LogCapture
+    daemon: DaemonFactory, logs: LogCapture, wyoming: WyomingFactory
 ) -> None:
-    server = daemon(wyoming_port=0, max_wyoming_connections=2, hello_timeout=1.0)
-    assert server.wyoming is not None
-    address = server.wyoming.address
+    server = daemon(max_wyoming_connections=2, hello_timeout=1.0)
+    wy = wyoming(server)
+    address = wy.address
     idle = [socket.create_connection(address) for _ in range(2)]
     time.sleep(0.2)
     extra = socket.create_connection(address)
@@ -327,11 +326,10 @@ async def _describe(host: str, port: int) -> list[Event]:
 
 
 def test_wyoming_refusals_outside_allow_are_logged_once_per_address(
-    daemon: DaemonFactory, logs: LogCapture
+    daemon: DaemonFactory, logs: LogCapture, wyoming: WyomingFactory
 ) -> None:
-    server = daemon(wyoming_port=0, allow=parse_networks("10.0.0.0/8"))
-    assert server.wyoming is not None
-    address = server.wyoming.address
+    server = daemon(allow=parse_networks("10.0.0.0/8"))
+    address = wyoming(server).address
     for _ in range(30):
         with socket.create_connection(address) as sock:
             assert _closed_within(sock, TEST_TIMEOUT)
@@ -358,10 +356,12 @@ def test_deeply_nested_control_json_is_a_protocol_error(
     assert not any(ln.startswith("ERROR") for ln in logs.lines)
 
 
-def test_deeply_nested_wyoming_header_is_bad_input(daemon: DaemonFactory, logs: LogCapture) -> None:
-    server = daemon(wyoming_port=0)
-    assert server.wyoming is not None
-    with socket.create_connection(server.wyoming.address) as sock:
+def test_deeply_nested_wyoming_header_is_bad_input(
+    daemon: DaemonFactory, logs: LogCapture, wyoming: WyomingFactory
+) -> None:
+    server = daemon()
+    wy = wyoming(server)
+    with socket.create_connection(wy.address) as sock:
         sock.sendall(b"[" * 60_000 + b"\n")
         assert _closed_within(sock, TEST_TIMEOUT)
     assert logs.wait("wyoming bad input", "nested too deeply")
@@ -387,13 +387,13 @@ def test_a_voice_name_from_control_cannot_forge_a_log_line(
 
 
 def test_a_voice_name_from_wyoming_cannot_forge_a_log_line(
-    daemon: DaemonFactory, logs: LogCapture
+    daemon: DaemonFactory, logs: LogCapture, wyoming: WyomingFactory
 ) -> None:
-    server = daemon(wyoming_port=0)
-    assert server.wyoming is not None
+    server = daemon()
+    wy = wyoming(server)
 
     async def ask() -> None:
-        async with AsyncTcpClient(*server.wyoming.address) as client:  # type: ignore[union-attr]
+        async with AsyncTcpClient(*wy.address) as client:
             voice = SynthesizeVoice(name=FORGED)
             await client.write_event(Synthesize(text="Hi.", voice=voice).event())
             await asyncio.wait_for(client.read_event(), TEST_TIMEOUT)
@@ -431,7 +431,7 @@ def test_an_http_client_gone_before_the_response_starts_stops_its_call(
 ) -> None:
     server = daemon(write_timeout=120.0)
     http = HttpServer(
-        create_app(server.metrics, _lifecycle(server), server.settings),
+        http_app(server),
         "127.0.0.1",
         0,
     )

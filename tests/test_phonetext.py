@@ -1,4 +1,4 @@
-"""Phone-content normalisation and the pronunciation lexicon (kokoro_service.phonetext)."""
+"""Phone-content normalisation and the pronunciation lexicon (kokoro_service.text.phonetext)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from kokoro_service.errors import ConfigError
-from kokoro_service.phonetext import Lexicon, _normalize, normalize, warm_up
+from kokoro_service.text.phonetext import Lexicon, _normalize, normalize, warm_up
 from tests.phone_corpus import PHONE_CORPUS
 
 warm_up()  # misaki's word lists, once for the module (a fraction of a second)
@@ -404,13 +404,13 @@ def test_normalize_is_idempotent_on_phone_content(parts: list[str]) -> None:
 def test_normalize_falls_back_to_the_text_on_an_internal_error(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from kokoro_service import phonetext
+    from kokoro_service.text import phonetext
 
     def broken(m: Any) -> str:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(phonetext, "_RULES", ((phonetext._PHONE_LOCAL, broken),))
-    with caplog.at_level(logging.WARNING, logger="kokoro_service.phonetext"):
+    with caplog.at_level(logging.WARNING, logger="kokoro_service.text.phonetext"):
         for _ in range(100):  # a rule failing on every segment ...
             assert normalize("Call 555-0199.") == "Call 555-0199."
     # ... is logged, but not once per segment.
@@ -498,7 +498,7 @@ def test_lexicon_bad_line_names_file_and_line(tmp_path: Path, text: str, reason:
 
 
 def test_lexicon_refuses_phonemes_outside_the_vocabulary(tmp_path: Path) -> None:
-    from kokoro_service.models.checkpoint import kokoro_vocab
+    from kokoro_service.synthesis.models.checkpoint import kokoro_vocab
 
     vocab = kokoro_vocab()
     assert len(Lexicon.load(write(tmp_path, GOOD), vocab)) == 3

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from kokoro_service.audio.quality import log_mel_distance
 from kokoro_service.cli import main
-from kokoro_service.client import speak
 from kokoro_service.config import Settings
 from kokoro_service.daemon import load_engine, load_off_main_thread
-from kokoro_service.engine import PRECISION_GATE_FACTOR, bf16_unavailable
 from kokoro_service.errors import PrecisionUnavailableError
-from kokoro_service.quality import log_mel_distance
+from kokoro_service.synthesis.devices import bf16_unavailable
+from kokoro_service.synthesis.engine import PRECISION_GATE_FACTOR
+from kokoro_service.wire.client import speak
 
 from .asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
 from .conftest import TEST_TIMEOUT
@@ -101,7 +102,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, str]:
 
 @pytest.mark.slow
 def test_bf16_passes_the_quality_gate_on_real_weights(real: tuple[object, str]) -> None:
-    from kokoro_service.engine import Engine
+    from kokoro_service.synthesis.engine import Engine
 
     engine, voice = real
     assert isinstance(engine, Engine)
@@ -135,10 +136,10 @@ def test_segment_seams_have_no_clicks_dc_or_clipping(
     real: tuple[object, str], tmp_path: Path
 ) -> None:
     """Consecutive segments of one reply, as the daemon sends them, on the bf16 path."""
-    from kokoro_service.engine import Engine
-    from kokoro_service.quality import clipped_samples, dc_offset, seam
-    from kokoro_service.segmenter import Segmenter
-    from kokoro_service.server import Server
+    from kokoro_service.audio.quality import clipped_samples, dc_offset, seam
+    from kokoro_service.server.server import Server
+    from kokoro_service.synthesis.engine import Engine
+    from kokoro_service.text.segmenter import Segmenter
 
     engine, voice = real
     assert isinstance(engine, Engine)

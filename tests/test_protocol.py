@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kokoro_service.errors import FrameTooLargeError, ProtocolError
-from kokoro_service.protocol import (
+from kokoro_service.wire.codec import (
     Audio,
     AudioStreamDecoder,
     Bye,

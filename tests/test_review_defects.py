@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from kokoro_service.client import Connection
 from kokoro_service.config import Settings
-from kokoro_service.engine import Engine
 from kokoro_service.errors import StartupError
-from kokoro_service.protocol import Control, encode_control
-from kokoro_service.server import Server
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.engine import Engine
+from kokoro_service.wire.client import Connection
+from kokoro_service.wire.codec import Control, encode_control
 
 from .conftest import TEST_TIMEOUT, DaemonFactory, wait_for
 from .test_server import assert_clean_reply

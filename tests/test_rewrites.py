@@ -8,8 +8,8 @@ import pytest
 import torch
 from kokoro.istftnet import AdaINResBlock1
 
-from kokoro_service.engine import Engine
-from kokoro_service.models.rewrites import FusedAdaINResBlock1, fuse_residual_blocks
+from kokoro_service.synthesis.engine import Engine
+from kokoro_service.synthesis.models.rewrites import FusedAdaINResBlock1, fuse_residual_blocks
 
 
 def _block(seed: int) -> AdaINResBlock1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from kokoro_service.routing import Registry, sink_port
+from kokoro_service.calls.routing import Registry, sink_port
 
 
 def test_sink_port_for_decimal_ids() -> None:

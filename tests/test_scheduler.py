@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kokoro_service.scheduler import CallWork, Scheduler, Segment
+from kokoro_service.calls.scheduler import CallWork, Scheduler, Segment
 
 
 def seg(text: str, *, first: bool = False, gen: int = 0) -> Segment:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kokoro_service.segmenter import Segmenter, SegmenterConfig
+from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
 
 
 def segments(text: str, config: SegmenterConfig | None = None) -> list[str]:
@@ -179,7 +179,7 @@ def test_take_cuts_at_the_load_it_is_given() -> None:
     assert max(sizes[2][1:3]) < max(sizes[1][1:3])  # slower growth when calls share the cores
 
 
-# Phone content that kokoro_service.phonetext rewrites after the cut: a cut inside one
+# Phone content that kokoro_service.text.phonetext rewrites after the cut: a cut inside one
 # strands a title from its name ("Dr." | "Smith" -> "Doctor." "Smith") or an address's
 # dot from its domain.
 PHONE_PHRASES = [
@@ -282,7 +282,7 @@ def test_comma_after_a_weekday_outside_a_date_is_a_clause_mark() -> None:
 
 
 def test_word_breaks_after_month_and_day_abbreviations() -> None:
-    from kokoro_service.segmenter import _breakable
+    from kokoro_service.text.segmenter import _breakable
 
     assert _breakable("Jan.", "She")  # a sentence end
     assert not _breakable("Mar.", "3rd")  # a date

@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from kokoro_service.client import Connection, Reply, speak
-from kokoro_service.engine import Engine
-from kokoro_service.protocol import (
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.engine import Engine
+from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
+from kokoro_service.wire.client import Connection, Reply, speak
+from kokoro_service.wire.codec import (
     Control,
     End,
     encode_bye,
@@ -22,8 +24,6 @@ from kokoro_service.protocol import (
     encode_text,
     encode_unregister,
 )
-from kokoro_service.segmenter import Segmenter, SegmenterConfig
-from kokoro_service.server import Server
 
 from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, read_reply, wait_for
 

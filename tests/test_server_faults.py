@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from kokoro_service.client import Connection, speak
 from kokoro_service.config import parse_networks
-from kokoro_service.engine import Engine
-from kokoro_service.models.sources import model_dir_source
-from kokoro_service.protocol import (
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.engine import Engine
+from kokoro_service.synthesis.models.sources import model_dir_source
+from kokoro_service.wire.client import Connection, speak
+from kokoro_service.wire.codec import (
     encode_bye,
     encode_hello,
     encode_register,
     encode_text,
     encode_unregister,
 )
-from kokoro_service.server import Server
 
 from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, read_reply, wait_for
 from .test_server import assert_clean_reply, expected_lengths, lengths, send_udp

@@ -98,5 +98,5 @@ def test_units_allow_the_descriptors_the_default_caps_can_take(unit: str) -> Non
     text = (UNITS / unit).read_text()
     match = re.search(r"^LimitNOFILE=(\d+)$", text, re.MULTILINE)
     assert match, "LimitNOFILE missing"
-    every_port = Settings(wyoming_port=10200, metrics_port=8091)
+    every_port = Settings(wyoming_port=10200, http_port=8091)
     assert int(match.group(1)) >= every_port.descriptors_needed()

@@ -25,12 +25,15 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from kokoro_service.client import Connection
+from kokoro_service.adapters.wyoming import WyomingServer
 from kokoro_service.config import Settings
 from kokoro_service.daemon import text_rewrite
-from kokoro_service.engine import Engine, Request
 from kokoro_service.errors import ConfigError, ProtocolError, StartupError
-from kokoro_service.protocol import (
+from kokoro_service.server.server import Server
+from kokoro_service.synthesis.engine import Engine, Request
+from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
+from kokoro_service.wire.client import Connection
+from kokoro_service.wire.codec import (
     Audio,
     AudioStreamDecoder,
     Control,
@@ -40,10 +43,15 @@ from kokoro_service.protocol import (
     encode_control,
     encode_register,
 )
-from kokoro_service.segmenter import Segmenter, SegmenterConfig
-from kokoro_service.server import Server
 
-from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, wait_for
+from .conftest import (
+    TEST_TIMEOUT,
+    DaemonFactory,
+    FakeSink,
+    LogCapture,
+    WyomingFactory,
+    wait_for,
+)
 
 TEXTS = ["Thanks for calling Acme Dental.", "How can I help you today?"]
 
@@ -229,9 +237,11 @@ def _pcm_samples(events: list[Event]) -> int:
     return sum(len(e.payload or b"") // 2 for e in events if e.type == "audio-chunk")
 
 
-def test_wyoming_describe_synthesize_and_stream(daemon: DaemonFactory, engine: Engine) -> None:
-    server = daemon(wyoming_port=0)
-    assert server.wyoming is not None
+def test_wyoming_describe_synthesize_and_stream(
+    daemon: DaemonFactory, engine: Engine, wyoming: WyomingFactory
+) -> None:
+    server = daemon()
+    wy = wyoming(server)
     want = sum(
         len(s.audio)
         for s in (engine.synthesize(t, voice="af_sky", lang="a") for t in segments(TEXTS))
@@ -239,7 +249,7 @@ def test_wyoming_describe_synthesize_and_stream(daemon: DaemonFactory, engine: E
     )
 
     async def talk() -> None:
-        async with AsyncTcpClient(*server.wyoming.address) as client:  # type: ignore[union-attr]
+        async with AsyncTcpClient(*wy.address) as client:
             await client.write_event(Describe().event())
             info = Info.from_event((await _events_until(client, "info"))[-1])
             program = info.tts[0]
@@ -273,14 +283,15 @@ def test_wyoming_describe_synthesize_and_stream(daemon: DaemonFactory, engine: E
 
 
 def test_wyoming_and_phone_calls_share_the_workers(
-    daemon: DaemonFactory, engine: Engine, logs: LogCapture
+    daemon: DaemonFactory, engine: Engine, logs: LogCapture, wyoming: WyomingFactory
 ) -> None:
     # One worker: the Wyoming request and the phone call are served by the same
     # scheduler, so both complete, and each as a call in the same call table.
-    server = daemon(wyoming_port=0, workers=1)
+    server = daemon(workers=1)
+    wy = wyoming(server)
 
     async def both() -> tuple[list[Event], list[int]]:
-        async with AsyncTcpClient(*server.wyoming.address) as client:  # type: ignore[union-attr]
+        async with AsyncTcpClient(*wy.address) as client:
             await client.write_event(Synthesize(text=" ".join(TEXTS)).event())
             loop = asyncio.get_running_loop()
             phone = loop.run_in_executor(None, _phone_call, server)
@@ -301,29 +312,31 @@ def _phone_call(server: Server) -> list[int]:
         return conn.read_until_end(TEST_TIMEOUT).chunk_ids
 
 
-def test_a_busy_wyoming_port_fails_start_up(
-    daemon: DaemonFactory,
-) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as taken, pytest.raises(StartupError):
-        daemon(wyoming_port=taken.getsockname()[1])
+def test_a_busy_wyoming_port_fails_start_up(daemon: DaemonFactory) -> None:
+    server = daemon()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        wy = WyomingServer(server.local_calls(), port)
+        with pytest.raises(StartupError, match=f"wyoming:{port}"):
+            wy.start()
 
 
 def test_wyoming_bad_input_is_refused_without_reading_it(
-    daemon: DaemonFactory, logs: LogCapture
+    daemon: DaemonFactory, logs: LogCapture, wyoming: WyomingFactory
 ) -> None:
-    server = daemon(wyoming_port=0)
-    assert server.wyoming is not None
-    with socket.create_connection(server.wyoming.address, timeout=TEST_TIMEOUT) as sock:
+    server = daemon()
+    wy = wyoming(server)
+    with socket.create_connection(wy.address, timeout=TEST_TIMEOUT) as sock:
         header = {"type": "synthesize", "data_length": 1 << 40}
         sock.sendall(json.dumps(header).encode() + b"\n")
         assert sock.recv(1) == b""  # closed at once: the data was never waited for
     assert logs.wait("wyoming bad input", "bad lengths")
-    with socket.create_connection(server.wyoming.address, timeout=TEST_TIMEOUT) as sock:
+    with socket.create_connection(wy.address, timeout=TEST_TIMEOUT) as sock:
         sock.sendall(b"not json\n")
         assert sock.recv(1) == b""
 
     async def bad_then_gone() -> None:
-        async with AsyncTcpClient(*server.wyoming.address) as client:  # type: ignore[union-attr]
+        async with AsyncTcpClient(*wy.address) as client:
             # Data it cannot use: an error event, no call opened, the connection goes on.
             await client.write_event(Event(type="synthesize", data={"text": 5}))
             error = (await _events_until(client, "error"))[-1]
@@ -347,14 +360,17 @@ def test_wyoming_bad_input_is_refused_without_reading_it(
     assert np.isfinite(server.calls.opened)
 
 
-def test_a_full_instance_tells_a_wyoming_client_it_is_busy(daemon: DaemonFactory) -> None:
-    server = daemon(wyoming_port=0, max_calls=1)
+def test_a_full_instance_tells_a_wyoming_client_it_is_busy(
+    daemon: DaemonFactory, wyoming: WyomingFactory
+) -> None:
+    server = daemon(max_calls=1)
+    wy = wyoming(server)
     with Connection(*server.tcp_address) as held:
         held.hello("57")
         assert wait_for(lambda: server.calls.full)
 
         async def refused() -> Event:
-            async with AsyncTcpClient(*server.wyoming.address) as client:  # type: ignore[union-attr]
+            async with AsyncTcpClient(*wy.address) as client:
                 await client.write_event(Synthesize(text="Okay.").event())
                 return (await _events_until(client, "error"))[-1]
 

@@ -28,8 +28,8 @@ import pytest
 import trustme
 
 from kokoro_service.errors import ConfigError, TlsError
-from kokoro_service.protocol import encode_hello
-from kokoro_service.tls import TlsConn, client_context, server_context
+from kokoro_service.wire.codec import encode_hello
+from kokoro_service.wire.tls import TlsConn, client_context, server_context
 
 T = TypeVar("T")
 WAIT = 10.0  # a bound on every wait, so that a bug fails the test instead of hanging it
