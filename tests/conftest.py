@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from starlette.types import ASGIApp
 
@@ -34,9 +35,12 @@ from kokoro_service.server.server import Server
 from kokoro_service.synthesis.engine import Engine
 from kokoro_service.synthesis.models.checkpoint import build_random_checkpoint
 from kokoro_service.synthesis.models.sources import model_dir_source
+from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
 from kokoro_service.wire.client import Reply
 from kokoro_service.wire.codec import Audio, AudioStreamDecoder, End, Words
 
+REPO = Path(__file__).resolve().parent.parent
+"""The repository's root: the tree tests read (units, scripts, the package)."""
 TEST_TIMEOUT = 60.0
 
 
@@ -343,3 +347,44 @@ def read_reply(sock: socket.socket, timeout: float = TEST_TIMEOUT) -> Reply:
                 reply.chunks.append(frame)
     reply.closed = True
     return reply
+
+
+# ------------------------------------------------------------------ replies
+
+
+def expected_lengths(
+    engine: Engine, texts: list[str], voice: str = "af_sky", speed: float = 1.0
+) -> list[int]:
+    """Sample counts the daemon must send for ``texts``: durations are deterministic."""
+    seg = Segmenter(SegmenterConfig(growth=0))
+    segments: list[str] = []
+    for t in texts:
+        segments += seg.push(t)
+    segments += seg.flush()
+    out = []
+    for s in segments:
+        audio = engine.synthesize(s, voice=voice, lang="a", speed=speed).audio
+        if audio is not None:
+            out.append(len(audio))
+    return out
+
+
+def lengths(reply: Reply) -> list[int]:
+    return [len(c.samples) // 4 for c in reply.chunks]
+
+
+def send_udp(server: Server, payload: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(payload, server.udp_address)
+
+
+def assert_clean_reply(reply: Reply) -> None:
+    assert reply.ended, "END missing"
+    assert reply.closed, "connection not closed after END"
+    assert reply.chunk_ids == list(range(1, len(reply.chunks) + 1))
+    for chunk in reply.chunks:
+        assert chunk.sample_rate == 24000
+        samples = chunk.to_array()
+        assert samples.dtype == np.float32
+        assert samples.size > 0
+        assert np.isfinite(samples).all()

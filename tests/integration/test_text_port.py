@@ -12,7 +12,6 @@ import pytest
 
 from kokoro_service.server.server import Server
 from kokoro_service.synthesis.engine import Engine
-from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
 from kokoro_service.wire.client import Connection, Reply, speak
 from kokoro_service.wire.codec import (
     Control,
@@ -24,52 +23,24 @@ from kokoro_service.wire.codec import (
     encode_text,
     encode_unregister,
 )
-
-from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, read_reply, wait_for
+from tests.conftest import (
+    TEST_TIMEOUT,
+    DaemonFactory,
+    FakeSink,
+    LogCapture,
+    assert_clean_reply,
+    expected_lengths,
+    lengths,
+    read_reply,
+    send_udp,
+    wait_for,
+)
 
 SENTENCES = [
     "Hello there, thanks for calling.",
     "Your appointment is on Tuesday at three.",
     "Is there anything else I can help with?",
 ]
-
-
-def expected_lengths(
-    engine: Engine, texts: list[str], voice: str = "af_sky", speed: float = 1.0
-) -> list[int]:
-    """Sample counts the daemon must send for ``texts``: durations are deterministic."""
-    seg = Segmenter(SegmenterConfig(growth=0))
-    segments: list[str] = []
-    for t in texts:
-        segments += seg.push(t)
-    segments += seg.flush()
-    out = []
-    for s in segments:
-        audio = engine.synthesize(s, voice=voice, lang="a", speed=speed).audio
-        if audio is not None:
-            out.append(len(audio))
-    return out
-
-
-def lengths(reply: Reply) -> list[int]:
-    return [len(c.samples) // 4 for c in reply.chunks]
-
-
-def send_udp(server: Server, payload: bytes) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.sendto(payload, server.udp_address)
-
-
-def assert_clean_reply(reply: Reply) -> None:
-    assert reply.ended, "END missing"
-    assert reply.closed, "connection not closed after END"
-    assert reply.chunk_ids == list(range(1, len(reply.chunks) + 1))
-    for chunk in reply.chunks:
-        assert chunk.sample_rate == 24000
-        samples = chunk.to_array()
-        assert samples.dtype == np.float32
-        assert samples.size > 0
-        assert np.isfinite(samples).all()
 
 
 # --------------------------------------------------------------------------- seed client

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +16,8 @@ from click.testing import CliRunner
 
 from kokoro_service.cli import main
 from kokoro_service.wire.client import Connection
-
-from .conftest import TEST_TIMEOUT, http_get, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent / "kokoro-service"
+from tests.conftest import REPO, TEST_TIMEOUT, http_get, wait_for
+from tests.processes import BIN, Daemon, run
 
 
 def test_serve_help_documents_every_option_with_its_env_var() -> None:
@@ -107,17 +98,8 @@ def test_every_serve_option_is_a_settings_field() -> None:
     assert {f.name for f in dataclasses.fields(Settings)} - set(fields) == {"segment_growth"}
 
 
-def _run(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(
-        args, capture_output=True, text=True, timeout=timeout, env=full_env, check=False
-    )
-
-
 def test_missing_device_fails_startup_with_its_own_code(tiny_dir: Path) -> None:
-    proc = _run(
+    proc = run(
         [str(BIN), "serve", "--model-dir", str(tiny_dir), "--tcp-port", "0", "--udp-port", "0"],
         env={"KOKORO_DEVICE": "cuda"},
     )
@@ -126,7 +108,7 @@ def test_missing_device_fails_startup_with_its_own_code(tiny_dir: Path) -> None:
 
 
 def test_unknown_default_voice_fails_startup(tiny_dir: Path) -> None:
-    proc = _run(
+    proc = run(
         [str(BIN), "serve", "--model-dir", str(tiny_dir), "--tcp-port", "0", "--udp-port", "0"],
         env={"KOKORO_VOICE": "nobody"},
     )
@@ -135,7 +117,7 @@ def test_unknown_default_voice_fails_startup(tiny_dir: Path) -> None:
 
 
 def test_missing_model_dir_fails_startup(tmp_path: Path) -> None:
-    proc = _run([str(BIN), "serve", "--model-dir", str(tmp_path / "nope")])
+    proc = run([str(BIN), "serve", "--model-dir", str(tmp_path / "nope")])
     assert proc.returncode == 3
     assert "does not exist" in proc.stderr
 
@@ -151,76 +133,18 @@ def test_missing_model_dir_fails_startup(tmp_path: Path) -> None:
 )
 def test_launcher_rejects_bad_values(env: dict[str, str], code: int, message: str) -> None:
     """The launcher leaves every check to the daemon, which answers before loading."""
-    proc = _run([str(ROOT / "start-kokoro.sh")], env=env, timeout=30)
+    proc = run([str(REPO / "start-kokoro.sh")], env=env, timeout=30)
     assert proc.returncode == code
     assert message in proc.stderr
     assert "model loaded" not in proc.stderr
 
 
 def test_launcher_execs_the_daemon() -> None:
-    text = (ROOT / "start-kokoro.sh").read_text()
+    text = (REPO / "start-kokoro.sh").read_text()
     assert re.search(r'^exec "\$root/\.venv/bin/kokoro-service" serve "\$@"$', text, re.M)
 
 
 # --------------------------------------------------------------------------- real process
-
-
-class Daemon:
-    """``kokoro-service serve`` as a child process on ephemeral ports.
-
-    Ready when its ``--ready-file`` appears (the ports come from it), never from a log line;
-    stderr is kept for assertions on what an operator reads.
-    """
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.ready_file = Path(tempfile.mkdtemp(prefix="kokoro-ready-")) / "ready.json"
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen(
-            [
-                str(BIN),
-                "serve",
-                "--tcp-port",
-                "0",
-                "--udp-port",
-                "0",
-                "--ready-file",
-                str(self.ready_file),
-                *args,
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=full_env,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not wait_for(lambda: self.ready_file.exists() or self.proc.poll() is not None, 180):
-            raise RuntimeError("daemon did not start:\n" + "".join(self.lines))
-        if not self.ready_file.exists():
-            raise RuntimeError("daemon exited:\n" + "".join(self.lines))
-        self.ready = json.loads(self.ready_file.read_text())
-        self.port = int(self.ready["tcp"]["port"])
-
-    def _read(self) -> None:
-        if self.proc.stderr is None:
-            return
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
 
 
 @pytest.fixture
@@ -234,7 +158,7 @@ def process(tiny_dir: Path) -> Iterator[Daemon]:
 
 def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) -> None:
     out = tmp_path / "out.wav"
-    proc = _run(
+    proc = run(
         [
             str(BIN),
             "send",
@@ -254,7 +178,7 @@ def test_send_command_against_a_running_daemon(process: Daemon, tmp_path: Path) 
     assert rate == 24000 and len(audio) > 0
     # The opt-in format and WORDS frames, as an operator tries them.
     opt_in = ["--format", "mulaw", "--rate", "8000", "--words", "Hello there.", "-o", str(out)]
-    proc = _run([str(BIN), "send", "--tcp-port", str(process.port), "--call-id", "43", *opt_in])
+    proc = run([str(BIN), "send", "--tcp-port", str(process.port), "--call-id", "43", *opt_in])
     assert proc.returncode == 0, proc.stderr
     assert "of mulaw@8000 audio" in proc.stdout and "END received" in proc.stdout
     assert re.search(r"chunk 1 words: Hello@\d+\.\d\d-\d+\.\d\d there@", proc.stdout)
@@ -402,7 +326,7 @@ def test_restart_after_sigkill_binds_the_same_port(tiny_dir: Path) -> None:
 
 def test_say_and_voices_commands(tiny_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "say.wav"
-    proc = _run(
+    proc = run(
         [
             str(BIN),
             "say",
@@ -418,7 +342,7 @@ def test_say_and_voices_commands(tiny_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     audio, rate = sf.read(out, dtype="float32")
     assert rate == 24000 and len(audio) > 0
-    proc = _run([str(BIN), "voices", "--model-dir", str(tiny_dir)])
+    proc = run([str(BIN), "voices", "--model-dir", str(tiny_dir)])
     assert proc.returncode == 0, proc.stderr
     assert "source: model-dir" in proc.stdout
     assert "af_sky\t" in proc.stdout and "bf_emma\t" in proc.stdout

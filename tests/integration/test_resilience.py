@@ -26,9 +26,7 @@ from kokoro_service.server.server import Server
 from kokoro_service.synthesis.engine import Engine
 from kokoro_service.wire.client import Connection
 from kokoro_service.wire.codec import Control, encode_control
-
-from .conftest import TEST_TIMEOUT, DaemonFactory, wait_for
-from .test_server import assert_clean_reply
+from tests.conftest import TEST_TIMEOUT, DaemonFactory, assert_clean_reply, wait_for
 
 
 def _rss_mib() -> float:

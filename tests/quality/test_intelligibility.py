@@ -17,16 +17,15 @@ from kokoro_service.server.server import Server
 from kokoro_service.synthesis.models import embedded
 from kokoro_service.wire.client import speak
 from kokoro_service.wire.codec import SAMPLE_RATE
-
-from .asr import (
+from tests.asr import (
     TELEPHONY_SENTENCES,
     corpus_word_error_rate,
     transcribe,
     transcribe_words,
     whisper_word_error_rate,
 )
-from .conftest import TEST_TIMEOUT, RealWeights
-from .phone_corpus import PHONE_CORPUS
+from tests.conftest import TEST_TIMEOUT, RealWeights
+from tests.phone_corpus import PHONE_CORPUS
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +75,7 @@ def test_the_openai_endpoint_is_intelligible_through_the_official_client(
     import soundfile as sf
 
     from kokoro_service.adapters.http.server import HttpServer
-
-    from .conftest import http_app
+    from tests.conftest import http_app
 
     http = HttpServer(http_app(real_server), "127.0.0.1", 0)
     http.start()

@@ -28,9 +28,18 @@ from kokoro_service.wire.codec import (
     encode_text,
     encode_unregister,
 )
-
-from .conftest import TEST_TIMEOUT, DaemonFactory, FakeSink, LogCapture, read_reply, wait_for
-from .test_server import assert_clean_reply, expected_lengths, lengths, send_udp
+from tests.conftest import (
+    TEST_TIMEOUT,
+    DaemonFactory,
+    FakeSink,
+    LogCapture,
+    assert_clean_reply,
+    expected_lengths,
+    lengths,
+    read_reply,
+    send_udp,
+    wait_for,
+)
 
 
 def _no_crash(logs: LogCapture) -> None:

@@ -16,9 +16,14 @@ from kokoro_service.calls.scheduler import CallWork, Scheduler, Segment
 from kokoro_service.server.server import Server
 from kokoro_service.synthesis.engine import Engine, Request, Synthesis
 from kokoro_service.wire.client import Connection, Reply, speak
-
-from .conftest import TEST_TIMEOUT, DaemonFactory, wait_for
-from .test_server import assert_clean_reply, expected_lengths, lengths
+from tests.conftest import (
+    TEST_TIMEOUT,
+    DaemonFactory,
+    assert_clean_reply,
+    expected_lengths,
+    lengths,
+    wait_for,
+)
 
 
 class GatedEngine:

@@ -34,17 +34,19 @@ from kokoro_service.wire.codec import (
     encode_register,
     encode_unregister,
 )
-
-from .conftest import (
+from tests.conftest import (
     TEST_TIMEOUT,
     DaemonFactory,
     FakeSink,
     LogCapture,
     WyomingFactory,
+    assert_clean_reply,
+    expected_lengths,
     http_app,
+    lengths,
+    send_udp,
     wait_for,
 )
-from .test_server import assert_clean_reply, expected_lengths, lengths, send_udp
 
 # No ":" in it: a voice spec reads that as a weight, and the name must reach "unknown voice".
 FORGED = "x\nFORGED 2026-01-01 INFO kokoro_service.server.server all calls ended"

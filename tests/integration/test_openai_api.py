@@ -19,9 +19,7 @@ import soundfile as sf
 
 from kokoro_service.adapters.http.openai import wav_header
 from kokoro_service.synthesis.engine import Engine
-
-from .conftest import Ops, wait_for
-from .test_server import expected_lengths
+from tests.conftest import Ops, expected_lengths, wait_for
 
 TEXT = "Your appointment is on Tuesday at noon."
 

@@ -34,8 +34,7 @@ from kokoro_service.server.server import Server
 from kokoro_service.synthesis.engine import Engine, Request, Synthesis
 from kokoro_service.wire.client import Connection, speak
 from kokoro_service.wire.codec import SAMPLE_RATE, Audio, End
-
-from .conftest import (
+from tests.conftest import (
     DaemonFactory,
     FakeSink,
     LogCapture,

@@ -25,8 +25,7 @@ from kokoro_service.synthesis.devices import bf16_unavailable
 from kokoro_service.synthesis.engine import Engine, G2PChunk, Request, Synthesis
 from kokoro_service.synthesis.models import batched
 from kokoro_service.synthesis.models.batched import BatchItem, forward_batch
-
-from .conftest import LogCapture
+from tests.conftest import LogCapture
 
 # Mixed on purpose: one word, a sentence, a long sentence; different voices and speeds.
 MIXED = (

@@ -24,10 +24,9 @@ from kokoro_service.errors import PrecisionUnavailableError
 from kokoro_service.synthesis.devices import bf16_unavailable
 from kokoro_service.synthesis.engine import PRECISION_GATE_FACTOR
 from kokoro_service.wire.client import speak
-
-from .asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
-from .conftest import TEST_TIMEOUT
-from .test_cli import BIN, Daemon, _run
+from tests.asr import TELEPHONY_SENTENCES, corpus_word_error_rate, transcribe
+from tests.conftest import TEST_TIMEOUT
+from tests.processes import BIN, Daemon, run
 
 CPU_BF16 = bf16_unavailable("cpu")  # None where this CPU runs bf16
 
@@ -65,7 +64,7 @@ def test_named_bf16_runs_where_the_cpu_has_it_and_fails_start_up_where_not(
 ) -> None:
     args = ["--model-dir", str(tiny_dir), "--precision", "bf16", "--device", "cpu", "--no-warmup"]
     if CPU_BF16 is not None:
-        proc = _run([str(BIN), "serve", "--tcp-port", "0", "--udp-port", "0", *args])
+        proc = run([str(BIN), "serve", "--tcp-port", "0", "--udp-port", "0", *args])
         assert proc.returncode == 3
         assert "precision bf16 was requested but" in proc.stderr
         return

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "kokoro_service"
+from tests.conftest import REPO
+
+PACKAGE = REPO / "kokoro_service"
 
 # Bottom first.  A module may import its own package, and any package of a lower rank;
 # packages of one rank are independent of each other.
