@@ -15,8 +15,8 @@ stalls.  A call that gets END with no AUDIO was refused (busy); its answer time 
 to END.  The daemon's own stall count (``kokoro_stall_seconds_count`` on ``/metrics``) is
 recorded beside the players'.
 
-    .venv/bin/python benchmarks/admission.py --out benchmarks/results/NAME.json
-    .venv/bin/python benchmarks/admission.py --table benchmarks/results/NAME.json
+    .venv/bin/python -m benchmarks.admission --out benchmarks/results/NAME.json
+    .venv/bin/python -m benchmarks.admission --table benchmarks/results/NAME.json
 
 Prints the result JSON on stdout and writes it to ``--out``; progress goes to stderr.
 """
@@ -34,12 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.callers import TEXT_THREE, playback  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.lib.callers import TEXT_THREE, playback
+from benchmarks.lib.harness import (
     Daemon,
     host_facts,
     log,
@@ -48,7 +44,8 @@ from benchmarks.harness import (  # noqa: E402
     strict_json,
     summary,
 )
-from kokoro_service.wire.client import Connection  # noqa: E402
+from benchmarks.lib.tables import host_line, markdown
+from kokoro_service.wire.client import Connection
 
 MODES = {"limited": [], "unlimited": ["--max-calls", "0"]}
 
@@ -163,23 +160,35 @@ def run_mode(
 def table(res: dict[str, Any]) -> str:
     host = res["host"]
     lines = [
-        f"{host.get('cpu_model', '?')} ({host.get('cpu_count', '?')} CPUs) @ "
-        f"{(res.get('commit') or '?')[:7]}; "
+        f"{host_line(host, res.get('commit'))}; "
         f"{res['modes']['limited']['callers_per_round']} callers at once, "
         f"{res['settings']['rounds']} rounds",
         "",
-        "| mode | max calls | admitted per round | TTFA p50 / p95 s | stalls (calls with one) "
-        "| stall s | refused: END after p50 s |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, m in res["modes"].items():
         ttfa, ref = m["admitted_ttfa_s"], m["refused_answer_s"]
-        refused = f"{ref['p50']}" if ref.get("n") else "-"
-        lines.append(
-            f"| {name} | {m['max_calls'] or 'none'} | {m['admitted_per_round']} | "
-            f"{ttfa['p50']} / {ttfa['p95']} | {m['admitted_stalls']} "
-            f"({m['admitted_calls_with_stalls']}) | {m['admitted_stall_s']} | {refused} |"
+        rows.append(
+            [
+                name,
+                m["max_calls"] or "none",
+                m["admitted_per_round"],
+                f"{ttfa['p50']} / {ttfa['p95']}",
+                f"{m['admitted_stalls']} ({m['admitted_calls_with_stalls']})",
+                m["admitted_stall_s"],
+                f"{ref['p50']}" if ref.get("n") else "-",
+            ]
         )
+    head = [
+        "mode",
+        "max calls",
+        "admitted per round",
+        "TTFA p50 / p95 s",
+        "stalls (calls with one)",
+        "stall s",
+        "refused: END after p50 s",
+    ]
+    lines += markdown(head, rows)
     limited = res["modes"]["limited"]
     lines += [
         "",
@@ -197,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     host = host_facts()
     res: dict[str, Any] = {
         "benchmark": "admission",
-        "command": shlex.join([sys.executable, "benchmarks/admission.py", *(argv or sys.argv[1:])]),
+        "command": shlex.join(
+            [sys.executable, "-m", "benchmarks.admission", *(argv or sys.argv[1:])]
+        ),
         "host": host,
         "commit": host.get("git_commit"),
         "settings": {"rounds": ns.rounds, "text": ns.text, "serve_args": ns.serve_arg},

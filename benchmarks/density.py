@@ -16,8 +16,8 @@ named in the result: the daemon's real weights, or a model dir and whether it is
 random-weight checkpoint (the real architecture, so the same work per frame of audio, but
 noise instead of words; ``text_chars_per_audio_s`` shows whether its durations are real).
 
-    .venv/bin/python benchmarks/density.py --ns 1,2,4 --out /tmp/density.json
-    .venv/bin/python benchmarks/density.py --device cuda --model-dir /tmp/full   # GPU host
+    .venv/bin/python -m benchmarks.density --ns 1,2,4 --out /tmp/density.json
+    .venv/bin/python -m benchmarks.density --device cuda --model-dir /tmp/full   # GPU host
     benchmarks/gpu_density.sh                       # a bare GPU host, wheels carried in
 
 Prints the result JSON on stdout and writes it to ``--out``; progress goes to stderr.
@@ -48,12 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.callers import TEXT_THREE, WER_SENTENCES, Call, playback, token_pieces  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.lib.callers import TEXT_THREE, WER_SENTENCES, Call, playback, token_pieces
+from benchmarks.lib.harness import (
     Daemon,
     Guard,
     host_facts,
@@ -62,6 +58,7 @@ from benchmarks.harness import (  # noqa: E402
     strict_json,
     summary,
 )
+from benchmarks.lib.tables import markdown
 
 MODES = ("batch1", "batched")
 FULL_NS = "1,2,4,8,16,32,64,128,256,512"
@@ -679,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "benchmark": "density",
         "complete": False,
         "command": shlex.join(
-            [sys.executable, *sys.argv] if argv is None else ["benchmarks/density.py", *argv]
+            [sys.executable, *sys.argv] if argv is None else ["-m", "benchmarks.density", *argv]
         ),
         "host": density_host_facts(ns.device),
         "settings": {
@@ -765,9 +762,8 @@ def table(res: dict[str, Any]) -> str:
     lines = [
         f"{device} @ {str(host.get('git_commit') or '?')[:7]}; weights: {res['weights']['label']}",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
     ]
+    body = []
     for n in ns:
         cells = [str(n)]
         for m in modes:
@@ -781,7 +777,8 @@ def table(res: dict[str, Any]) -> str:
             for m in modes:
                 gpu = (rows[m].get(n) or {}).get("gpu") or {}
                 cells.append(str(gpu.get("util_mean_pct", "-")))
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    lines += markdown(head, body)
     target = res["targets"]["ttfa_p95_s"]
     lines += [
         "",

@@ -67,7 +67,7 @@ fi
 left=$((BUDGET_S - (SECONDS - start)))
 echo "$((SECONDS - start)) s spent on set-up; $left s left for the sweep" >&2
 rc=0
-timeout -k 30 "$left" "$PY" benchmarks/density.py --device "$DEVICE" --ns "$NS" \
+timeout -k 30 "$left" "$PY" -m benchmarks.density --device "$DEVICE" --ns "$NS" \
     --model-dir "$WORK/checkpoint" --budget-s "$((left > 150 ? left - 90 : 60))" \
     --call-timeout 60 --log-dir "$RESULT" --out "$RESULT/density.json" "$@" \
     > /dev/null 2> >(tee "$RESULT/density.log" >&2) || rc=$?

@@ -32,10 +32,10 @@ ephemeral ports, ready when its ``--ready-file`` appears) and the in-process eng
 (with the daemon's log read as a measurement in ``daemon_log.py``), and the targets,
 ``--compare`` table, plot and result file in ``report.py``.
 
-    .venv/bin/python benchmarks/latency.py                      # full run, ~15 min on 2 cores
-    .venv/bin/python benchmarks/latency.py --quick              # smoke test
-    .venv/bin/python benchmarks/latency.py --label workers2 --serve-arg=--workers=2
-    .venv/bin/python benchmarks/latency.py --precisions fp32,auto --max-n 6   # ~40 min
+    .venv/bin/python -m benchmarks.latency                      # full run, ~15 min on 2 cores
+    .venv/bin/python -m benchmarks.latency --quick              # smoke test
+    .venv/bin/python -m benchmarks.latency --label workers2 --serve-arg=--workers=2
+    .venv/bin/python -m benchmarks.latency --precisions fp32,auto --max-n 6   # ~40 min
 """
 
 from __future__ import annotations
@@ -51,14 +51,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.callers import MARKER_TEXT, TEXT_ONE  # noqa: E402
-from benchmarks.daemon_log import log_summary  # noqa: E402
-from benchmarks.harness import GUARD, RESULTS_DIR, Daemon, InProcess, log, rounded  # noqa: E402
-from benchmarks.phases import (  # noqa: E402
+from benchmarks.lib.callers import MARKER_TEXT, TEXT_ONE
+from benchmarks.lib.daemon_log import log_summary
+from benchmarks.lib.harness import GUARD, RESULTS_DIR, Daemon, InProcess, log, rounded
+from benchmarks.lib.phases import (
     PHASES,
     Plan,
     phase_cancel,
@@ -70,7 +66,7 @@ from benchmarks.phases import (  # noqa: E402
     phase_wer,
     ttfa_once,
 )
-from benchmarks.report import (  # noqa: E402
+from benchmarks.lib.report import (
     compare,
     compare_paths,
     evaluate,

@@ -42,7 +42,7 @@ the alternative:
 
 Every engine is loaded by the product's own loader (:mod:`kokoro_service.daemon`). The
 engine levers run on this process's main thread; ``denormals``, ``warmup`` and ``layout``
-start fresh processes (:mod:`benchmarks.fresh`) that load in a thread that exits and
+start fresh processes (:mod:`benchmarks.lib.fresh`) that load in a thread that exits and
 synthesize in worker threads, as the daemon does. ``--model-dir`` points every lever at a
 checkout instead of the daemon's default source (a tiny random checkpoint makes a smoke run).
 
@@ -51,8 +51,8 @@ alternative, read as one table; the shared machinery is in ``harness.py`` and ``
 
 Prints JSON and writes ``benchmarks/results/<host>-<date>-levers.json``.
 
-    .venv/bin/python benchmarks/levers.py                 # about 4 min on 2 cores
-    .venv/bin/python benchmarks/levers.py --only nodelay,copies
+    .venv/bin/python -m benchmarks.levers                 # about 4 min on 2 cores
+    .venv/bin/python -m benchmarks.levers --only nodelay,copies
 """
 
 from __future__ import annotations
@@ -72,13 +72,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.fresh import Weights, layout_once, synth_times  # noqa: E402
-from benchmarks.harness import RESULTS_DIR, cpu_flags, cpu_model, git_commit, log  # noqa: E402
-from kokoro_service.wire.codec import (  # noqa: E402
+from benchmarks.lib.fresh import Weights, layout_once, synth_times
+from benchmarks.lib.harness import RESULTS_DIR, cpu_flags, cpu_model, git_commit, log
+from kokoro_service.wire.codec import (
     SAMPLE_RATE,
     AudioStreamDecoder,
     End,

@@ -13,8 +13,8 @@ round (their order alternating):
 The issue's bound: the endpoint's first bytes within 10 % of the binary protocol's first
 audio for the same text (p50 over p50, and the median of the per-round ratios).
 
-    .venv/bin/python benchmarks/openai_compare.py --out benchmarks/results/NAME.json
-    .venv/bin/python benchmarks/openai_compare.py --table benchmarks/results/NAME.json
+    .venv/bin/python -m benchmarks.openai_compare --out benchmarks/results/NAME.json
+    .venv/bin/python -m benchmarks.openai_compare --table benchmarks/results/NAME.json
 """
 
 from __future__ import annotations
@@ -29,12 +29,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.callers import TEXT_ONE, TEXT_THREE  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.lib.callers import TEXT_ONE, TEXT_THREE
+from benchmarks.lib.harness import (
     Daemon,
     host_facts,
     log,
@@ -43,7 +39,8 @@ from benchmarks.harness import (  # noqa: E402
     strict_json,
     summary,
 )
-from kokoro_service.wire.client import Connection  # noqa: E402
+from benchmarks.lib.tables import host_line, markdown
+from kokoro_service.wire.client import Connection
 
 TEXTS = {"one_sentence": TEXT_ONE, "three_sentence": TEXT_THREE}
 PATHS = ("binary", "openai-pcm", "openai-wav")
@@ -101,22 +98,25 @@ def openai_path(client: Any, fmt: str) -> Callable[[str, str], tuple[float, floa
 def table(res: dict[str, Any]) -> str:
     host = res["host"]
     lines = [
-        f"{host.get('cpu_model', '?')} ({host.get('cpu_count', '?')} CPUs) @ "
-        f"{(host.get('git_commit') or '?')[:7]}; {res['settings']['rounds']} rounds; "
+        f"{host_line(host)}; {res['settings']['rounds']} rounds; "
         f"precision {res['ready'].get('precision')}",
         "",
-        "| text | path | first audio p50 / p95 s | total p50 s "
-        "| first audio / binary (p50; paired) |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for text, paths in res["results"].items():
         for path, r in paths.items():
             ratio = res["ratios"].get(text, {}).get(path)
             shown = f"{ratio['p50_ratio']}; {ratio['paired_median']}" if ratio else "-"
-            lines.append(
-                f"| {text} | {path} | {r['first_s']['p50']} / {r['first_s']['p95']} | "
-                f"{r['total_s']['p50']} | {shown} |"
-            )
+            first = f"{r['first_s']['p50']} / {r['first_s']['p95']}"
+            rows.append([text, path, first, r["total_s"]["p50"], shown])
+    head = [
+        "text",
+        "path",
+        "first audio p50 / p95 s",
+        "total p50 s",
+        "first audio / binary (p50; paired)",
+    ]
+    lines += markdown(head, rows)
     lines += ["", f"Bound: at most {LIMIT} ({'PASS' if res['pass'] else 'FAIL'})."]
     return "\n".join(lines)
 
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     res = {
         "benchmark": "openai-compare",
         "command": shlex.join(
-            [sys.executable, "benchmarks/openai_compare.py", *(argv or sys.argv[1:])]
+            [sys.executable, "-m", "benchmarks.openai_compare", *(argv or sys.argv[1:])]
         ),
         "host": host_facts(),
         "settings": {"rounds": ns.rounds, "warmup_rounds": ns.warmup, "voice": ns.voice},

@@ -24,7 +24,7 @@ while the attack is held and again after its release, and the HTTP and Wyoming p
 must answer once it is released.  The bytes the daemon logged during each attack show
 log amplification.
 
-    .venv/bin/python benchmarks/probe_exhaustion.py --out /tmp/probe.json
+    .venv/bin/python -m benchmarks.probe_exhaustion --out /tmp/probe.json
 
 Prints the result JSON on stdout (and writes it to ``--out``); progress goes to stderr.
 Exits 1 when the daemon died, a normal call failed or a port stopped answering.
@@ -54,14 +54,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.harness import Daemon, host_facts, log, rounded, strict_json  # noqa: E402
-from benchmarks.wyoming_compare import describe  # noqa: E402
-from kokoro_service.wire.client import Connection  # noqa: E402
-from kokoro_service.wire.codec import (  # noqa: E402
+from benchmarks.lib.harness import ROOT, Daemon, host_facts, log, rounded, strict_json
+from benchmarks.lib.tables import markdown
+from benchmarks.wyoming_compare import describe
+from kokoro_service.wire.client import Connection
+from kokoro_service.wire.codec import (
     encode_keepalive,
     encode_register,
     encode_unregister,
@@ -818,10 +815,7 @@ def table(res: dict[str, Any]) -> str:
     """The Markdown table of a result file's summary: this tree beside the baseline."""
     sides = res["summary"]
     ref = (res.get("baseline") or {}).get("ref", "baseline")
-    lines = [
-        "| attack | tree | daemon lives | normal calls served | threads | descriptors | logged |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    rows = []
     for name in sides["this"]:
         for side, label in (("this", "this"), ("baseline", ref)):
             row = sides.get(side, {}).get(name)
@@ -830,11 +824,10 @@ def table(res: dict[str, Any]) -> str:
             threads = " → ".join(str(n) for n in row["threads"])
             fds = " → ".join(str(n) for n in row["fds"])
             logged = f"{row['log_bytes'] / 1e3:,.1f} kB" if row["log_bytes"] is not None else "?"
-            lines.append(
-                f"| {name} | {label} | {'yes' if row['alive'] else 'no'} "
-                f"| {'yes' if row['calls_ok'] else 'no'} | {threads} | {fds} | {logged} |"
-            )
-    return "\n".join(lines)
+            alive, served = ("yes" if row[k] else "no" for k in ("alive", "calls_ok"))
+            rows.append([name, label, alive, served, threads, fds, logged])
+    head = ["attack", "tree", "daemon lives", "normal calls served", "threads", "descriptors"]
+    return "\n".join(markdown([*head, "logged"], rows))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -916,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline = {"ref": ns.baseline, **run_probe(code=tree, **kwargs)}
     res = {
         "command": shlex.join(
-            [sys.executable, "benchmarks/probe_exhaustion.py", *(argv or sys.argv[1:])]
+            [sys.executable, "-m", "benchmarks.probe_exhaustion", *(argv or sys.argv[1:])]
         ),
         "host": host,
         "commit": host.get("git_commit"),

@@ -52,10 +52,10 @@ the project's offline alias (a copy, so the build leaves nothing in the tree):
     /tmp/wkt-venv/bin/pip install torch==2.13.0 wyoming-kokoro-torch==3.2.0
     cp -r packaging/en_core_web_sm /tmp/ecws && /tmp/wkt-venv/bin/pip install /tmp/ecws
 
-    .venv/bin/python benchmarks/wyoming_compare.py --peer-python /tmp/wkt-venv/bin/python
-    .venv/bin/python benchmarks/wyoming_compare.py --only peer \\
+    .venv/bin/python -m benchmarks.wyoming_compare --peer-python /tmp/wkt-venv/bin/python
+    .venv/bin/python -m benchmarks.wyoming_compare --only peer \\
         --peer-python /tmp/wkt-venv/bin/python --repeats 3 --out /tmp/peer.json
-    .venv/bin/python benchmarks/wyoming_compare.py --table RESULT.json
+    .venv/bin/python -m benchmarks.wyoming_compare --table RESULT.json
 
 Prints the result JSON on stdout and writes it to ``--out`` (default
 ``benchmarks/results/<host>-<date>-wyoming-compare.json``); progress goes to stderr.
@@ -86,16 +86,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
-from wyoming.client import AsyncTcpClient  # noqa: E402
-from wyoming.error import Error  # noqa: E402
-from wyoming.event import Event  # noqa: E402
-from wyoming.info import Describe, Info  # noqa: E402
-from wyoming.tts import (  # noqa: E402
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.tts import (
     Synthesize,
     SynthesizeChunk,
     SynthesizeStart,
@@ -103,8 +99,8 @@ from wyoming.tts import (  # noqa: E402
     SynthesizeStopped,
 )
 
-from benchmarks.callers import TEXT_ONE  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.lib.callers import TEXT_ONE
+from benchmarks.lib.harness import (
     RESULTS_DIR,
     CpuMeter,
     Daemon,
@@ -115,7 +111,8 @@ from benchmarks.harness import (  # noqa: E402
     strict_json,
     summary,
 )
-from kokoro_service.wire.client import Connection  # noqa: E402
+from benchmarks.lib.tables import host_line, markdown
+from kokoro_service.wire.client import Connection
 
 # The reply: three sentences, so a server that cuts at sentence ends starts after
 # the first one.  The one-sentence reply is the latency benchmark's.
@@ -954,20 +951,16 @@ def table(res: dict[str, Any]) -> str:
     busiest = max((r.get("foreign_cpu_pct") or 0.0 for r in rows), default=None)
     if busiest is not None:
         ours += f"; other processes at most {busiest:.1f}% CPU during a request"
-    lines = [
-        f"{host.get('cpu_model', '?')} ({host.get('cpu_count', '?')} CPUs) @ "
-        f"{str(host.get('git_commit') or '?')[:7]}; {rounds} rounds{ours}",
-        "",
-        "| text | path | first audio p50 / p95 s | total p50 / p95 s | audio s | n |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = [f"{host_line(host)}; {rounds} rounds{ours}", ""]
+    cells = []
     for name, block in (res.get("results") or {}).get("texts", {}).items():
         for path, s in block["paths"].items():
             f, t, a = s["first_audio_s"], s["total_s"], s["audio_s"]
-            lines.append(
-                f"| {name} | {path} | {f.get('p50', '-')} / {f.get('p95', '-')} | "
-                f"{t.get('p50', '-')} / {t.get('p95', '-')} | {a.get('p50', '-')} | {s['n']} |"
-            )
+            first = f"{f.get('p50', '-')} / {f.get('p95', '-')}"
+            total = f"{t.get('p50', '-')} / {t.get('p95', '-')}"
+            cells.append([name, path, first, total, a.get("p50", "-"), s["n"]])
+    head = ["text", "path", "first audio p50 / p95 s", "total p50 / p95 s", "audio s", "n"]
+    lines += markdown(head, cells)
     for t in res.get("targets", []):
         verdict = {True: "PASS", False: "FAIL", None: "-"}[t["pass"]]
         lines.append(f"\n{t['target']}: {t['measured']} (paired {t['paired_median']}) {verdict}")
@@ -1050,7 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": shlex.join(
             [sys.executable, *sys.argv]
             if argv is None
-            else [sys.executable, "benchmarks/wyoming_compare.py", *argv]
+            else [sys.executable, "-m", "benchmarks.wyoming_compare", *argv]
         ),
         "host": host_facts(),
         "settings": {

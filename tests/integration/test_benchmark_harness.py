@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.callers import TEXT_ONE, playback
-from benchmarks.fresh import Weights, synth_times
-from benchmarks.harness import Daemon, percentile, serve_settings
 from benchmarks.levers import _nodelay_once, _quantized_generator
-from benchmarks.phases import ttfa_once
-from benchmarks.report import evaluate
+from benchmarks.lib.callers import TEXT_ONE, playback
+from benchmarks.lib.fresh import Weights, synth_times
+from benchmarks.lib.harness import Daemon, percentile, serve_settings
+from benchmarks.lib.phases import ttfa_once
+from benchmarks.lib.report import evaluate
 from kokoro_service.synthesis.engine import Engine
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.harness import strict_json
+from benchmarks.lib.harness import strict_json
 from benchmarks.probe_exhaustion import run_probe
 
 NOFILE = 256  # the daemon's descriptor limit, soft and hard

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from benchmarks.callers import playback
-from benchmarks.harness import Daemon
+from benchmarks.lib.callers import playback
+from benchmarks.lib.harness import Daemon
 from kokoro_service.adapters.http.app import create_app, speech_gate
 from kokoro_service.adapters.http.server import HttpServer
 from kokoro_service.cli import main

@@ -34,7 +34,7 @@ from kokoro_service.errors import ConfigError
 from kokoro_service.wire.codec import SAMPLE_RATE
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 

@@ -13,7 +13,7 @@
   heard by faster-whisper tiny.en (needs the test extras).
 
 The daemon's own synthesis seconds come from its log, read after the fact by
-:mod:`benchmarks.daemon_log`.
+:mod:`benchmarks.lib.daemon_log`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.callers import (
+from benchmarks.lib.callers import (
     CANCEL_TEXT,
     MARKER_TEXT,
     MEMORY_TEXTS,
@@ -41,8 +41,8 @@ from benchmarks.callers import (
     playback,
     token_pieces,
 )
-from benchmarks.daemon_log import parse_daemon_log
-from benchmarks.harness import GUARD, Daemon, InProcess, log, rounded, summary
+from benchmarks.lib.daemon_log import parse_daemon_log
+from benchmarks.lib.harness import GUARD, Daemon, InProcess, log, rounded, summary
 from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
 
 PHASES = ("floor", "seed", "ttfa", "memory", "capacity", "cancel", "wer")

@@ -1,6 +1,6 @@
 """The daemon's threading in a fresh process, for the levers that a warm process hides.
 
-``levers.py`` runs ``python -m benchmarks.fresh synth|layout ...`` for each measurement.
+``levers.py`` runs ``python -m benchmarks.lib.fresh synth|layout ...`` for each measurement.
 The child loads with the product's own loader, :func:`kokoro_service.daemon.
 load_off_main_thread` (in a thread that then exits, so only the synthesis threads keep
 OpenMP teams), then synthesizes in worker threads that call ``Engine.bind_thread()``
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 _BARRIER_TIMEOUT = 600.0
 
 
@@ -44,7 +44,7 @@ class Weights:
 
 def _child(*args: str) -> Any:
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fresh", *args],
+        [sys.executable, "-m", "benchmarks.lib.fresh", *args],
         capture_output=True,
         text=True,
         env=dict(os.environ, HF_HUB_OFFLINE="1"),

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.harness import rounded, summary
+from benchmarks.lib.harness import rounded, summary
 
 _KV = re.compile(r"(\w+)=(\S+)")
 

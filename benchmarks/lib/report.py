@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.callers import TEXT_ONE, TEXT_THREE
-from benchmarks.harness import ROOT, Daemon, cpu_flags, cpu_model, rounded
-from benchmarks.phases import Plan
+from benchmarks.lib.callers import TEXT_ONE, TEXT_THREE
+from benchmarks.lib.harness import ROOT, Daemon, cpu_flags, cpu_model, rounded
+from benchmarks.lib.phases import Plan
 
 # ------------------------------------------------------------------------------ targets
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from benchmarks.harness import Daemon
+from benchmarks.lib.harness import Daemon
 from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
 from kokoro_service.wire.client import Connection
 from kokoro_service.wire.codec import SAMPLE_RATE
