@@ -6,6 +6,9 @@ default), and every range is checked once, by ``Settings`` itself.
 
 Only the commands that synthesize import torch, so ``--help``, ``send`` and option
 errors answer at once.
+
+Over 400 lines: one click command per entry point (serve, say, send, voices, download,
+make-checkpoint), whose options come from Settings.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ their ``KOKORO_*`` variables from these fields, and :meth:`Settings.__post_init_
 every range once, here, for the CLI, the tests and the benchmarks alike.
 
 Nothing here imports torch: ``--help`` and option errors must stay instant.
+
+Over 400 lines: one field per option, each with its help, bounds and checks, so that
+every option is defined once.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Events: ``describe`` -> ``info``; ``synthesize`` -> ``audio-start``, ``audio-chu
 client also sends the whole text as a ``synthesize`` event for older servers, before
 ``synthesize-stop`` (Home Assistant does); it is being spoken from the chunks, so it is
 ignored.
+
+Over 400 lines: the event handler and the port it serves (caps, timeouts, TLS), which
+only each other use.
 """
 
 from __future__ import annotations

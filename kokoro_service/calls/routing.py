@@ -4,6 +4,9 @@ A call's audio goes back on its text connection unless an audio processor has re
 the call (``REGISTER:<N>``), in which case it goes to ``sink_host:(sink_port_base + N)``.
 Every destination has its own writer (:mod:`.writers`), so a peer that reads slowly or
 never stalls only itself.  Chunk ids are numbered per call across destinations.
+
+Over 400 lines: every change of destination (REGISTER, BYE, a sink's failure, END) must
+keep each frame's place, so the route's states stay in one module.
 """
 
 from __future__ import annotations

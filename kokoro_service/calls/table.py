@@ -14,6 +14,9 @@ so a route never calls into the scheduler or the calls while it holds its own lo
 callbacks (``on_dead``, ``on_progress``) run after it lets go.  ``Pacing``, ``Registry``,
 ``VoiceTable`` and ``RateLimitedLog`` locks are leaves.  A call is ended exactly once:
 only the thread to which the scheduler reports the call finished ends it.
+
+Over 400 lines: a call's lifecycle (admission, text, control, cancel, END, end reasons)
+changes under one lock.
 """
 
 from __future__ import annotations

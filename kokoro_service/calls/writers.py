@@ -3,6 +3,9 @@
 A destination is a call's text connection or an audio processor's sink connection.  Each
 has its own writer, so a peer that reads slowly or never stalls only itself.  Samples are
 sent with ``sendmsg`` straight from the worker's array, header and all, never copied.
+
+Over 400 lines: the text connection's writer and the sink's share the queue and failure
+rules, and the sink's dial, retry and withdrawal belong with them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ registrar, ``workers`` synthesis workers (:mod:`kokoro_service.calls.workers`), 
 writer per audio destination (:mod:`kokoro_service.calls.writers`).  What happens to a
 call is :mod:`kokoro_service.calls.table`.  The adapters see only :meth:`Server.local_calls`,
 health and metrics only :meth:`Server.status`.
+
+Over 400 lines: the lifecycle, the accept loop with its descriptor reserve and the UDP
+registrar share one stop flag and one set of threads.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Everything that runs torch, kokoro or misaki for synthesis lives here, so the daemon only
 ever sees ``Engine.synthesize(text, voice, lang, speed) -> float32 samples``.  Where the
 weights come from is :mod:`.models.sources`; the voices are :mod:`.voices`.
+
+Over 400 lines: the model, the G2P pipelines, batching and the precision check share one
+device and one lock.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ A segment is what one AUDIO frame carries: a sentence, or a clause of a long sen
 Segments must be cut where a speaker would pause anyway, so that synthesising them one by
 one keeps natural prosody, while the *first* segment of each utterance is kept short so
 that the caller hears audio as early as possible.
+
+Over 400 lines: the cutting rules (sentence, clause, word, first segment, growth) and
+the reasons for each.
 """
 
 from __future__ import annotations

@@ -137,3 +137,13 @@ def test_the_checker_sees_a_wrong_import() -> None:
     # The rules above are only as good as the graph: a known import must be in it.
     assert "kokoro_service.wire.codec" in GRAPH["kokoro_service.wire.client"]
     assert "kokoro_service.calls.table" in GRAPH["kokoro_service.server.server"]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_a_long_module_says_why_it_is_long(module: str) -> None:
+    path = MODULES[module]
+    text = path.read_text(encoding="utf-8")
+    if text.count("\n") <= 400:
+        return
+    docstring = ast.get_docstring(ast.parse(text)) or ""
+    assert "Over 400 lines:" in docstring, f"{path}: give the reason in its docstring, or split it"
