@@ -9,6 +9,7 @@ they are skipped where there is no ``openssl`` command.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import random
@@ -26,10 +27,13 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 import trustme
+from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.info import Describe
 
 from kokoro_service.errors import ConfigError, TlsError
 from kokoro_service.wire.codec import encode_hello
 from kokoro_service.wire.tls import TlsConn, client_context, server_context
+from tests.conftest import TEST_TIMEOUT, DaemonFactory, WyomingFactory
 
 T = TypeVar("T")
 WAIT = 10.0  # a bound on every wait, so that a bug fails the test instead of hanging it
@@ -692,3 +696,28 @@ def test_contexts_require_tls_1_2(pki: Pki) -> None:
     assert server.verify_mode == client.verify_mode == ssl.CERT_REQUIRED
     assert client.check_hostname
     assert server_context(pki.cert, pki.key, None).verify_mode == ssl.CERT_NONE
+
+
+def test_the_wyoming_port_speaks_tls_with_the_text_ports_certificate(
+    daemon: DaemonFactory, wyoming: WyomingFactory, pki: Pki
+) -> None:
+    server = daemon(tls_cert=pki.cert, tls_key=pki.key)
+    wy = wyoming(server)
+    host, port = wy.address
+
+    async def describe() -> Event | None:
+        context = ssl.create_default_context(cafile=str(pki.ca_pem))
+        reader, writer = await asyncio.open_connection(host, port, ssl=context)
+        try:
+            await async_write_event(Describe().event(), writer)
+            return await asyncio.wait_for(async_read_event(reader), TEST_TIMEOUT)
+        finally:
+            writer.close()
+
+    info = asyncio.run(describe())
+    assert info is not None and info.type == "info"
+    # In clear, a client gets no event: the port speaks TLS only.
+    with socket.create_connection((host, port), timeout=TEST_TIMEOUT) as sock:
+        sock.sendall(b'{"type": "describe"}\n')
+        answer = sock.recv(4096)
+    assert not answer.startswith(b"{"), answer[:80]
