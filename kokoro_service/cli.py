@@ -73,6 +73,10 @@ def _click_type(f: dataclasses.Field[Any]) -> Any:
     return str  # strings, and --allow, which Settings' parser reads
 
 
+# Old names of options, still read: each logs a deprecation at start-up.
+DEPRECATED_OPTIONS = {"metrics_port": "http_port", "metrics_host": "http_host"}
+
+
 def setting_option(name: str, **overrides: Any) -> Callable[[Any], Any]:
     """The click option of the ``Settings`` field ``name``: ``--name``, ``KOKORO_NAME``.
 
@@ -90,6 +94,9 @@ def setting_option(name: str, **overrides: Any) -> Callable[[Any], Any]:
         if f.default is dataclasses.MISSING or f.default is None:
             # Computed at start-up (or optional): None reaches Settings as "not given".
             kw.update(default=None, show_default=meta["shown"] or False)
+        elif name in DEPRECATED_OPTIONS.values():
+            # None when not given, so that an old name given instead can take its place.
+            kw.update(default=None, show_default=str(f.default))
         else:
             kw.update(default=f.default, show_default=True)
     bounds = ""
@@ -127,10 +134,6 @@ def _serve_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for name in reversed(list(_FIELDS)):
         command = setting_option(name)(command)
     return command
-
-
-# Old names of options, still read: each logs a deprecation at start-up.
-DEPRECATED_OPTIONS = {"metrics_port": "http_port", "metrics_host": "http_host"}
 
 
 def _deprecated_options(command: Callable[..., Any]) -> Callable[..., Any]:
