@@ -85,6 +85,8 @@ def test_every_serve_option_is_a_settings_field() -> None:
     """One source of truth: each option maps to a Settings field with the same default."""
     import dataclasses
 
+    import click
+
     from kokoro_service.cli import DEPRECATED_OPTIONS, serve
     from kokoro_service.config import Settings, cli_fields
 
@@ -92,7 +94,8 @@ def test_every_serve_option_is_a_settings_field() -> None:
     fields = {f.name: f for f in cli_fields()}
     # The old names read into a field of their own: hidden, and no more than aliases.
     for old, new in DEPRECATED_OPTIONS.items():
-        assert params.pop(old).hidden and new in fields
+        alias = params.pop(old)
+        assert isinstance(alias, click.Option) and alias.hidden and new in fields
     assert set(params) == set(fields)
     plain = Settings()
     for name, param in params.items():
