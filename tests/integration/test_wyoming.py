@@ -1,8 +1,7 @@
 """The Wyoming port over real sockets, with Wyoming's own client: describe, synthesize,
-streaming, bad input, a full instance, and calls shared with the phone calls.
-
-The daemon runs the real engine on a small random-weight checkpoint: durations, and so
-frame lengths and word timings, are deterministic, while the audio is noise.
+streaming, bad input, a full instance, and calls shared with the phone calls.  Each
+request is a call on the real engine over a small random-weight checkpoint, so the
+number of samples it answers with is known in advance.
 """
 
 from __future__ import annotations
