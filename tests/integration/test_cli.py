@@ -139,7 +139,7 @@ def test_missing_model_dir_fails_startup(tmp_path: Path) -> None:
 )
 def test_launcher_rejects_bad_values(env: dict[str, str], code: int, message: str) -> None:
     """The launcher leaves every check to the daemon, which answers before loading."""
-    proc = run([str(REPO / "start-kokoro.sh")], env=env, timeout=30)
+    proc = run([str(REPO / "start-kokoro.sh")], env=env, timeout=TEST_TIMEOUT)
     assert proc.returncode == code
     assert message in proc.stderr
     assert "model loaded" not in proc.stderr
