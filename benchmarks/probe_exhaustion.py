@@ -56,7 +56,7 @@ from typing import Any
 
 from benchmarks.lib.harness import ROOT, Daemon, host_facts, log, rounded, strict_json
 from benchmarks.lib.tables import markdown
-from benchmarks.wyoming_compare import describe
+from benchmarks.lib.wyoming_peer import describe
 from kokoro_service.wire.client import Connection
 from kokoro_service.wire.codec import (
     encode_keepalive,
