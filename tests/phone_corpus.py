@@ -4,7 +4,7 @@ Each pair is (written, spoken): ``written`` is one short sentence of the kind a 
 agent's LLM produces; ``spoken`` is the plain words a listener would write down, lower
 case and without punctuation.  The ASR test synthesises ``written`` (before and after
 :func:`kokoro_service.text.phonetext.normalize`) and scores the transcript against ``spoken``
-after whisper-normalizer's EnglishTextNormalizer; ``tests/test_phonetext.py`` checks
+after whisper-normalizer's EnglishTextNormalizer; ``tests/unit/text/test_phonetext.py`` checks
 offline that ``normalize(written)`` and ``spoken`` normalise to the same words.
 
 Every category normalize handles appears at least once: phone numbers, ZIP codes and
