@@ -1,12 +1,9 @@
-"""TLS for the daemon's TCP connections: the text port and the sink connections it dials.
+"""One TLS session over memory BIOs, shared safely by a reader and a writer thread.
 
-The daemon reads a connection in one thread and writes it from another, through a
-``dup()`` of the socket, with ``sendmsg``.  :class:`ssl.SSLSocket` allows none of that
-safely: it has no ``sendmsg`` or ``dup``, and it releases the GIL inside ``SSL_read`` and
-``SSL_write``, while OpenSSL forbids two threads in one ``SSL`` object at once.  So
-:class:`TlsConn` drives an :class:`ssl.SSLObject` over two :class:`ssl.MemoryBIO` itself,
-on a non-blocking raw socket, and offers the few socket calls the daemon makes:
-``settimeout``, ``recv``, ``sendmsg``, ``dup``, ``shutdown``, ``close`` and ``fileno``.
+:class:`ssl.SSLSocket` releases the GIL inside ``SSL_read`` and ``SSL_write``, while
+OpenSSL forbids two threads in one ``SSL`` object at once.  So :class:`Session` drives an
+:class:`ssl.SSLObject` over two :class:`ssl.MemoryBIO` itself, on a non-blocking raw
+socket, for every :class:`~kokoro_service.wire.tls.conn.TlsConn` handle on that socket.
 
 Locking, per session (every handle on one connection shares it):
 
@@ -23,9 +20,6 @@ A send that fails looks for the peer's alert, so that a connection that is only 
 (a sink) still learns why it was refused.
 
 Waits use :func:`select.poll`, which works for descriptors above 1024 too.
-
-Over 400 lines: a TLS session over memory BIOs shared by two threads, with the
-handshake, alert reading and shutdown that make that safe.
 """
 
 from __future__ import annotations
@@ -34,26 +28,21 @@ import contextlib
 import errno
 import math
 import os
-import re
 import select
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from kokoro_service.errors import ConfigError, TlsError
+from kokoro_service.errors import TlsError
+from kokoro_service.wire.tls.reasons import describe
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["PEER_CLOSED_IN_HANDSHAKE", "TlsConn", "client_context", "server_context"]
-
-# The reason of a handshake the peer left before finishing (a TCP health check, a probe).
-PEER_CLOSED_IN_HANDSHAKE = "peer closed during the TLS handshake"
+__all__ = ["Session", "bad_fd", "wait"]
 
 # Plaintext taken per SSLObject.write: a few full records, and a bound on the encrypted
 # bytes held in memory before they reach the socket.
@@ -63,200 +52,23 @@ _READ_CHUNK = 64 * 1024
 # After a failed send, how many reads to look through for the peer's alert.
 _ALERT_SCAN_READS = 16
 
-# OpenSSL reasons for bytes that are not a TLS record at all.
-_NOT_TLS = frozenset(
-    {
-        "WRONG_VERSION_NUMBER",
-        "HTTP_REQUEST",
-        "HTTPS_PROXY_REQUEST",
-        "UNKNOWN_PROTOCOL",
-        "PACKET_LENGTH_TOO_LONG",
-        "RECORD_LENGTH_MISMATCH",
-        "RECORD_LAYER_FAILURE",
-        "UNEXPECTED_RECORD",
-        "WRONG_SSL_VERSION",
-    }
-)
-_NO_COMMON_VERSION = frozenset(
-    {"UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE", "VERSION_TOO_LOW", "VERSION_TOO_HIGH"}
-)
-# Alerts a peer sends when it refuses the certificate this end presented (or its absence).
-_CERT_ALERTS = frozenset(
-    {
-        "bad certificate",
-        "unsupported certificate",
-        "certificate revoked",
-        "certificate expired",
-        "certificate unknown",
-        "unknown ca",
-        "certificate required",
-        "access denied",
-    }
-)
-_ALERT = re.compile(r"^(?:SSLV3|TLSV1|TLSV13)_ALERT_(\w+)$")
 
-
-# ---------------------------------------------------------------------------- contexts
-
-
-def server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    """The text port's context: TLS 1.2 or later, this instance's certificate and key, and,
-    with ``client_ca``, client certificates required and checked against that bundle.
-
-    Raises :class:`ConfigError` naming the file and the setting at fault.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _harden(context)
-    _load_chain(context, cert, key)
-    if client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        _load_trust(context, client_ca, "tls_client_ca", "client CA bundle")
-    return context
-
-
-def client_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
-    """The context for dialing an audio processor: TLS 1.2 or later, its certificate
-    checked (chain and host name) against ``ca``, or the system's trust store without it;
-    ``cert``/``key`` presented as this instance's client certificate when given.
-
-    Raises :class:`ConfigError` naming the file and the setting at fault.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
-    _harden(context)
-    if ca is not None:
-        _load_trust(context, ca, "tls_sink_ca", "sink CA bundle")
-    else:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if cert is not None:
-        _load_chain(context, cert, key)
-    elif key is not None:
-        raise ConfigError(f"TLS key {key} given without a certificate", "tls_cert")
-    return context
-
-
-def _harden(context: ssl.SSLContext) -> None:
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # Renegotiation would make a write wait for a read that another thread owns; nothing
-    # here needs it (TLS 1.3 has none at all).
-    context.options |= ssl.OP_NO_RENEGOTIATION
-
-
-def _read_file(path: Path, setting: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}", setting) from None
-
-
-def _load_chain(context: ssl.SSLContext, cert: Path, key: Path | None) -> None:
-    """Load ``cert`` (and ``key``), blaming the right file when either is unusable."""
-    _read_file(cert, "tls_cert", "TLS certificate")
-    if key is not None:
-        _read_file(key, "tls_key", "TLS key")
-    # Parse the certificate alone first: load_cert_chain's errors do not say which file.
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        probe.load_verify_locations(cafile=str(cert))
-    except ssl.SSLError as exc:
-        raise ConfigError(
-            f"TLS certificate {cert} holds no usable PEM certificate ({_reason(exc)})",
-            "tls_cert",
-        ) from None
-    where = cert if key is None else key
-
-    def no_passphrase() -> bytes:
-        # Without a callback, OpenSSL would prompt on the terminal for an encrypted key.
-        raise ConfigError(f"TLS key {where} is encrypted; give an unencrypted PEM key", "tls_key")
-
-    try:
-        context.load_cert_chain(str(cert), None if key is None else str(key), no_passphrase)
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise ConfigError(
-                f"TLS key {where} does not match the certificate {cert}", "tls_key"
-            ) from None
-        # OpenSSL says only "PEM lib" for a file without a key, or with a broken one.
-        detail = "" if exc.reason in (None, "PEM_LIB") else f" ({_reason(exc)})"
-        raise ConfigError(
-            f"TLS key {where} holds no usable PEM private key{detail}", "tls_key"
-        ) from None
-    except OSError as exc:  # the file vanished between the checks above and this load
-        raise ConfigError(
-            f"cannot read TLS key {where}: {exc.strerror or exc}", "tls_key"
-        ) from None
-
-
-def _load_trust(context: ssl.SSLContext, path: Path, setting: str, what: str) -> None:
-    _read_file(path, setting, what)
-    try:
-        context.load_verify_locations(cafile=str(path))
-    except ssl.SSLError as exc:
-        raise ConfigError(
-            f"{what} {path} holds no usable PEM certificate ({_reason(exc)})", setting
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}", setting) from None
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-def _reason(exc: ssl.SSLError) -> str:
-    """OpenSSL's reason in words: ``WRONG_VERSION_NUMBER`` -> ``wrong version number``."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return str(exc.verify_message)
-    reason = exc.reason
-    if reason:
-        match = _ALERT.match(reason)
-        return (match.group(1) if match else reason).lower().replace("_", " ")
-    return str(exc.strerror or exc)
-
-
-def _describe(exc: ssl.SSLError, *, server_side: bool, handshake: bool) -> str:
-    """A human reason for a TLS failure, for the log line that closes the connection."""
-    reason = exc.reason or ""
-    words = _reason(exc)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        if server_side:
-            return f"client certificate rejected: {words}"
-        return f"certificate verify failed: {words}"
-    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
-        return "client certificate rejected: the client presented none"
-    if reason in _NOT_TLS:
-        if server_side:
-            return "not TLS (a plaintext client on the TLS port?)"
-        return "not TLS (a plaintext server on that port?)"
-    if reason in _NO_COMMON_VERSION or reason == "TLSV1_ALERT_PROTOCOL_VERSION":
-        return f"no TLS version in common (TLS 1.2 or later is required): {words}"
-    if reason == "NO_SHARED_CIPHER":
-        return "no TLS cipher in common"
-    if isinstance(exc, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
-        return PEER_CLOSED_IN_HANDSHAKE if handshake else "peer closed abruptly"
-    if _ALERT.match(reason):
-        if words in _CERT_ALERTS:
-            return f"peer rejected our certificate: {words}"
-        return f"peer sent TLS alert: {words}"
-    return f"TLS handshake failed: {words}" if handshake else f"TLS error: {words}"
-
-
-def _bad_fd() -> OSError:
+def bad_fd() -> OSError:
+    """The error of a call on a closed handle or descriptor, as a socket raises it."""
     return OSError(errno.EBADF, os.strerror(errno.EBADF))
-
-
-# ---------------------------------------------------------------------------- waiting
 
 
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
-def _wait(fd: int, events: int, deadline: float | None) -> int:
+def wait(fd: int, events: int, deadline: float | None) -> int:
     """Wait until ``fd`` reports one of ``events`` (or an error); 0 when the deadline passes.
 
     ``select.poll`` rather than ``select.select``: a busy daemon's descriptors pass 1024.
     """
     if fd < 0:
-        raise _bad_fd()
+        raise bad_fd()
     poller = select.poll()
     poller.register(fd, events)
     while True:
@@ -271,14 +83,11 @@ def _wait(fd: int, events: int, deadline: float | None) -> int:
         if ready:
             revents = ready[0][1]
             if revents & select.POLLNVAL:
-                raise _bad_fd()
+                raise bad_fd()
             return revents
 
 
-# ---------------------------------------------------------------------------- session
-
-
-class _Session:
+class Session:
     """One TLS session over one raw socket, shared by every :class:`TlsConn` handle on it.
 
     Responsibilities: move bytes between the socket and the BIOs under the locks described
@@ -382,7 +191,7 @@ class _Session:
             try:
                 sent = self.raw.send(self.unsent)
             except (BlockingIOError, InterruptedError):
-                if not _wait(self.raw.fileno(), select.POLLOUT, deadline):
+                if not wait(self.raw.fileno(), select.POLLOUT, deadline):
                     raise TimeoutError("timed out") from None
                 continue
             except OSError as exc:
@@ -419,7 +228,7 @@ class _Session:
                 except ssl.SSLZeroReturnError:
                     return None
                 except ssl.SSLError as exc:
-                    return _describe(exc, server_side=self.server_side, handshake=False)
+                    return describe(exc, server_side=self.server_side, handshake=False)
                 self.plain += data
         return None
 
@@ -475,7 +284,7 @@ class _Session:
                 self.flush_nowait()
             if failure is not None:
                 raise TlsError(
-                    _describe(failure, server_side=self.server_side, handshake=False)
+                    describe(failure, server_side=self.server_side, handshake=False)
                 ) from failure
             if data is not None:
                 return data
@@ -484,7 +293,7 @@ class _Session:
             events = select.POLLIN
             if self.unsent.nbytes and not self.send_failed and not self.send_lock.locked():
                 events |= select.POLLOUT  # an answer is stuck and no sender will send it
-            revents = _wait(self.raw.fileno(), events, deadline)
+            revents = wait(self.raw.fileno(), events, deadline)
             if not revents:
                 raise TimeoutError("timed out")
             if revents & select.POLLOUT:
@@ -536,7 +345,7 @@ class _Session:
                 raise TlsError("the TLS session wants a handshake to send") from None
             except ssl.SSLError as exc:
                 raise TlsError(
-                    _describe(exc, server_side=self.server_side, handshake=False)
+                    describe(exc, server_side=self.server_side, handshake=False)
                 ) from exc
         self.flush(timeout)
 
@@ -582,240 +391,3 @@ def _byte_view(buffer: ReadableBuffer) -> memoryview:
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
-
-
-# ---------------------------------------------------------------------------- handle
-
-
-class TlsConn:
-    """One handle on a TLS connection, used like the plain socket it replaces.
-
-    Responsibilities: the handshake, with a reason in words when it fails; ``recv`` and
-    ``sendmsg`` with this handle's own timeout, safe to call at once from two threads
-    through two handles (:meth:`dup`); close_notify on ``shutdown(SHUT_WR)``; closing the
-    socket when the last handle closes.  ``recv`` returns ``b""`` on close_notify and on
-    a TCP close alike; TLS failures raise :class:`TlsError`, an ``OSError``.
-    """
-
-    def __init__(self, session: _Session, timeout: float | None) -> None:
-        self._session = session
-        self._timeout = timeout
-        self._closed = False
-
-    @classmethod
-    def server(cls, sock: socket.socket, context: ssl.SSLContext) -> TlsConn:
-        """Wrap an accepted socket as the server end; call :meth:`handshake` next.
-
-        ``sock`` is taken over: made non-blocking, and closed with the last handle.
-        """
-        return cls._wrap(sock, context, server_side=True, server_hostname=None)
-
-    @classmethod
-    def client(cls, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> TlsConn:
-        """Wrap a connected socket as the client end of ``server_hostname``, whose
-        certificate must name it; call :meth:`handshake` next.
-
-        ``sock`` is taken over: made non-blocking, and closed with the last handle.
-        """
-        return cls._wrap(sock, context, server_side=False, server_hostname=server_hostname)
-
-    @classmethod
-    def _wrap(
-        cls,
-        sock: socket.socket,
-        context: ssl.SSLContext,
-        *,
-        server_side: bool,
-        server_hostname: str | None,
-    ) -> TlsConn:
-        timeout = sock.gettimeout()  # the handle keeps the socket's timeout, as dup() does
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = context.wrap_bio(
-            incoming, outgoing, server_side=server_side, server_hostname=server_hostname
-        )
-        sock.setblocking(False)
-        return cls(_Session(sock, obj, incoming, outgoing, server_side=server_side), timeout)
-
-    # -- socket calls ------------------------------------------------------------------
-
-    def handshake(self, timeout: float) -> None:
-        """Complete the TLS handshake within ``timeout`` seconds, or raise TlsError."""
-        s = self._enter()
-        try:
-            self._handshake(s, timeout)
-        finally:
-            s.leave()
-
-    def _handshake(self, s: _Session, timeout: float) -> None:
-        if s.handshaken:
-            return
-        deadline = time.monotonic() + timeout
-        late = f"no TLS handshake within {timeout:g}s"
-        try:
-            while True:
-                failure: ssl.SSLError | None = None
-                done = False
-                with s.ssl_lock:
-                    try:
-                        s.obj.do_handshake()
-                        done = True
-                    except ssl.SSLWantReadError:
-                        pass
-                    except ssl.SSLError as exc:
-                        failure = exc
-                if failure is not None:
-                    s.flush_nowait()  # the alert, so the peer learns why too
-                    raise TlsError(
-                        _describe(failure, server_side=s.server_side, handshake=True)
-                    ) from failure
-                with s.send_lock:
-                    try:
-                        s.flush(max(0.0, deadline - time.monotonic()))
-                    except TimeoutError:
-                        raise TlsError(late) from None
-                if done:
-                    s.handshaken = True
-                    return
-                if s.raw_eof:
-                    raise TlsError(PEER_CLOSED_IN_HANDSHAKE)
-                if s.pull():
-                    continue
-                if not _wait(s.raw.fileno(), select.POLLIN, deadline):
-                    raise TlsError(late)
-        except TlsError:
-            raise
-        except OSError as exc:
-            if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-                raise TlsError(PEER_CLOSED_IN_HANDSHAKE) from exc
-            raise TlsError(f"TLS handshake failed: {exc.strerror or exc}") from exc
-
-    def settimeout(self, value: float | None) -> None:
-        """This handle's timeout for recv, sendmsg and shutdown; None waits for ever."""
-        if value is not None and value < 0:
-            raise ValueError("Timeout value out of range")
-        self._timeout = value
-
-    def gettimeout(self) -> float | None:
-        return self._timeout
-
-    def recv(self, bufsize: int, /) -> bytes:
-        """Up to ``bufsize`` bytes of plaintext; ``b""`` once the peer has closed.
-
-        Raises TimeoutError when nothing comes within this handle's timeout.
-        """
-        if bufsize < 0:
-            raise ValueError("negative buffersize in recv")
-        s = self._enter()
-        try:
-            if bufsize == 0:
-                return b""
-            self._need_handshake(s)
-            return s.recv(bufsize, self._timeout)
-        finally:
-            s.leave()
-
-    def sendmsg(self, buffers: Iterable[ReadableBuffer], /) -> int:
-        """Encrypt and send every byte of ``buffers``; return how many there were.
-
-        Unlike a socket's, never a partial count: raises TimeoutError when the peer
-        accepts nothing for this handle's timeout (the connection is then unusable for
-        sending, since part of a record may be out).
-        """
-        s = self._enter()
-        try:
-            self._need_handshake(s)
-            return s.send(buffers, self._timeout)
-        finally:
-            s.leave()
-
-    def dup(self) -> TlsConn:
-        """Another handle on the same session, with this one's timeout; the socket closes
-        when every handle is closed."""
-        s = self._enter()
-        try:
-            s.add_handle()
-            return TlsConn(s, self._timeout)
-        finally:
-            s.leave()
-
-    def shutdown(self, how: int, /) -> None:
-        """``SHUT_WR``: close_notify after all that was sent, then FIN; the peer reads
-        every byte before it sees the close.  ``SHUT_RD``/``SHUT_RDWR``: the socket's own
-        shutdown, at once (an abort; safe while another thread is sending)."""
-        s = self._enter()
-        try:
-            if how == socket.SHUT_WR:
-                s.close_write(self._timeout)
-            else:
-                s.raw.shutdown(how)
-        finally:
-            s.leave()
-
-    def close(self) -> None:
-        """Close this handle (again is harmless); the last one closes the socket."""
-        if self._closed:
-            return
-        self._closed = True
-        self._session.drop_handle()
-
-    def fileno(self) -> int:
-        """The raw socket's descriptor, or -1 once this handle is closed."""
-        return -1 if self._closed else self._session.raw.fileno()
-
-    # -- for log lines -----------------------------------------------------------------
-
-    @property
-    def version(self) -> str | None:
-        """The TLS version agreed, e.g. ``TLSv1.3``; None before the handshake."""
-        with self._session.ssl_lock:
-            return self._session.obj.version()
-
-    @property
-    def peer_subject(self) -> str | None:
-        """Who the peer's verified certificate names (its CN, else its first DNS or IP
-        name); None without a verified certificate."""
-        with self._session.ssl_lock:
-            try:
-                cert = self._session.obj.getpeercert()
-            except ValueError:  # before the handshake
-                return None
-        if not cert:
-            return None
-        info: dict[str, Any] = dict(cert)  # typeshed types every value as str | tuple
-        for rdn in info.get("subject", ()):
-            for name, value in rdn:
-                if name == "commonName":
-                    return str(value)
-        for kind, value in info.get("subjectAltName", ()):
-            if kind in ("DNS", "IP Address"):
-                return str(value)
-        return None
-
-    # -- helpers -----------------------------------------------------------------------
-
-    def _enter(self) -> _Session:
-        if self._closed:
-            raise _bad_fd()
-        self._session.enter()
-        return self._session
-
-    @staticmethod
-    def _need_handshake(s: _Session) -> None:
-        if not s.handshaken:
-            raise TlsError("TLS handshake not done")
-
-    def __enter__(self) -> TlsConn:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"fd={self._session.raw.fileno()}"
-        side = "server" if self._session.server_side else "client"
-        return f"<TlsConn {side} {state} timeout={self._timeout}>"
