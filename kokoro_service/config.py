@@ -30,6 +30,7 @@ from kokoro_service.wire.codec import CONTROL_FLAG, CONTROL_SPEED_RANGE, DEFAULT
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+BATCH_POLICIES = ("latency", "fill")
 ENV_PREFIX = "KOKORO_"
 _DEVICE = re.compile(rf"\s*({'|'.join(DEVICES)})(:[0-9]+)?\s*", re.IGNORECASE)
 # How often blocked loops (readers, accept, registrar, idle workers) look at the stop flag
@@ -219,6 +220,12 @@ class Settings:
         hi=512,
         shown="1 on the CPU and MPS (batching measured no faster there), 64 on CUDA",
     )
+    batch_policy: str = knob(
+        "latency",
+        "How batches form: latency cuts a batch where its predicted time passes twice a "
+        "lone segment's, unless a call would stall; fill fills it to --max-batch.",
+        choices=BATCH_POLICIES,
+    )
     batch_chars: int = knob(
         4000,
         "Largest batch, as its size times its longest segment in characters.",
@@ -313,6 +320,11 @@ class Settings:
         "removed when stopping.",
     )
     log_level: str = knob("info", "Log verbosity.", choices=LOG_LEVELS)
+    trace_file: Path | None = knob(
+        None,
+        "Append one JSON line per synthesized segment (its stages' monotonic times) here, "
+        "for benchmarks and tuning.",
+    )
     segment_growth: float = 2.0
     """SegmenterConfig.growth: 0 cuts whole sentences (the tests' predictable mode)."""
 

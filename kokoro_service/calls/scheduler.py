@@ -5,6 +5,14 @@ segment of a reply always goes first, so a long reply on one call delays another
 first audio by at most the segment (or batch) in flight; after that, the call whose
 listener will run out of audio soonest goes next (earliest deadline first), which is what
 keeps every player fed when calls compete for the cores.
+
+Latency first (the default policy): a batch is cut where its predicted time, from the
+batches already measured (:class:`.batchtime.BatchClock`), would pass ``bound_factor``
+times a lone segment's measured time.  A first segment that arrives while such a batch
+runs waits at most that long, however many calls are speaking.  A segment still joins past
+the bound when it is a first segment, or when its call's player would run dry before the
+next batch could bring it audio: throughput gives way to first audio, never to a stall.
+The ``fill`` policy (the earlier one) fills every batch up to ``--max-batch``.
 """
 
 from __future__ import annotations
@@ -12,13 +20,21 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kokoro_service.calls.batchtime import BatchClock
+from kokoro_service.config import BATCH_POLICIES
+
 if TYPE_CHECKING:  # the engine imports torch; the scheduler stays light
     from kokoro_service.synthesis.engine import G2PChunk
+
+# A first segment that arrives while a batch runs waits at most this many lone-segment
+# times for it, and then takes about one more for its own pass.
+BOUND_FACTOR = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +49,8 @@ class Segment:
     first: bool
     phonemes: Future[list[G2PChunk]] | None = None
     """G2P started when the segment was cut (batched serving), so the batch need not wait."""
+    cut_at: float = field(default_factory=time.monotonic)
+    """When the segment's last character had arrived and it was cut (monotonic seconds)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -65,11 +83,21 @@ class Scheduler:
     say when a call has nothing left so the server can send END.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        policy: str = "latency",
+        clock: BatchClock | None = None,
+        bound_factor: float = BOUND_FACTOR,
+    ) -> None:
+        if policy not in BATCH_POLICIES:
+            raise ValueError(f"unknown batch policy {policy!r}; one of {BATCH_POLICIES}")
         self._cond = threading.Condition()
         self._calls: list[CallWork] = []
         self._ticket = itertools.count()
         self._stopped = False
+        self.policy = policy
+        self.clock = clock if clock is not None else BatchClock()
+        self.bound_factor = bound_factor
 
     def add(self, work: CallWork) -> None:
         with self._cond:
@@ -205,9 +233,22 @@ class Scheduler:
         with self._cond:
             work.deadline = deadline
 
+    def bound(self) -> float | None:
+        """The longest a batch may be predicted to take (latency policy), or None: no
+        bound yet (too few batches measured) or the ``fill`` policy."""
+        if self.policy != "latency":
+            return None
+        lone = self.clock.lone_seconds()
+        return None if lone is None else self.bound_factor * lone
+
     def _pick(self, max_items: int, max_chars: int | None) -> list[tuple[CallWork, Segment]]:
         # First segments of a reply go first (a caller is waiting in silence), then the
         # call whose player runs dry soonest, then the one served longest ago.
+        bound = self.bound()
+        cost = self.clock.cost if bound is not None else None
+        # A call whose player runs dry before this batch and the next could both finish
+        # must be in this one.
+        urgent_before = time.monotonic() + 2 * bound if bound is not None else 0.0
         ready = sorted(
             (
                 ((not w.pending[0].first, w.deadline, w.last_served), i, w)
@@ -225,6 +266,15 @@ class Scheduler:
             # The most urgent segment always goes, however long; a later one joins only
             # if the padded batch stays within budget (a shorter one further down may).
             if jobs and max_chars is not None and size * (len(jobs) + 1) > max_chars:
+                continue
+            if (
+                jobs
+                and cost is not None
+                and bound is not None
+                and cost.seconds(len(jobs) + 1, size) > bound
+                and not work.pending[0].first
+                and work.deadline > urgent_before
+            ):
                 continue
             if not work.has_room():
                 continue

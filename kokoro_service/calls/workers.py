@@ -12,10 +12,12 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 
 from kokoro_service.calls.scheduler import Scheduler, Segment
 from kokoro_service.calls.table import Call, Calls
 from kokoro_service.config import TICK
+from kokoro_service.ops.trace import SegmentTrace
 from kokoro_service.synthesis.engine import Engine, Request, Synthesis
 
 log = logging.getLogger("kokoro_service.calls.workers")
@@ -57,6 +59,7 @@ class Worker:
         max_batch: int = 1,
         batch_chars: int | None = None,
         counts: BatchCounts | None = None,
+        trace: SegmentTrace | None = None,
     ) -> None:
         self.engine = engine
         self.scheduler = scheduler
@@ -64,6 +67,7 @@ class Worker:
         self.max_batch = max_batch
         self.batch_chars = batch_chars
         self.counts = counts if counts is not None else BatchCounts()
+        self.trace = trace
 
     def prepare(self) -> None:
         self.engine.bind_thread()
@@ -75,6 +79,7 @@ class Worker:
                 if self.scheduler.stopped:
                     return
                 continue
+            claimed = time.monotonic()
             wanted: list[tuple[Call, Segment]] = []
             finished: list[tuple[Call, Segment]] = []
             for work, segment in jobs:
@@ -93,10 +98,29 @@ class Worker:
                 requests = [
                     Request(s.text, s.voice, s.lang, s.speed, s.phonemes) for _, s in wanted
                 ]
-                for (call, seg), result in zip(
-                    wanted, self._synthesize(requests, wanted), strict=True
-                ):
+                start = time.monotonic()
+                results = self._synthesize(requests, wanted)
+                end = time.monotonic()
+                # What the latency policy cuts batches by: this device's measured times.
+                longest = max(len(r.text) for r in requests)
+                self.scheduler.clock.record(len(requests), longest, end - start)
+                for (call, seg), result in zip(wanted, results, strict=True):
                     self._deliver(call, seg, result)
+                    if self.trace is not None:
+                        self.trace.write(
+                            {
+                                "call": call.call_id,
+                                "first": seg.first,
+                                "chars": len(seg.text),
+                                "size": len(requests),
+                                "audio_s": _audio_seconds(result),
+                                "cut": seg.cut_at,
+                                "claimed": claimed,
+                                "start": start,
+                                "end": end,
+                                "delivered": time.monotonic(),
+                            }
+                        )
             for call, seg in wanted:
                 self.calls.segment_done(call, seg)
 
@@ -132,3 +156,7 @@ class Worker:
                     result.seconds,
                     result.audio_seconds,
                 )
+
+
+def _audio_seconds(result: Synthesis | Exception) -> float:
+    return 0.0 if isinstance(result, Exception) else round(result.audio_seconds, 3)

@@ -33,6 +33,7 @@ from kokoro_service.errors import ProtocolError, StartupError
 from kokoro_service.logs import RateLimitedLog
 from kokoro_service.ops.metrics import Metrics
 from kokoro_service.ops.status import ServerStatus
+from kokoro_service.ops.trace import SegmentTrace
 from kokoro_service.server.connection import TextConnection, close_quietly
 from kokoro_service.server.local_calls import LocalCalls
 from kokoro_service.synthesis.engine import Engine
@@ -75,7 +76,13 @@ class Server:
         self.metrics = metrics if metrics is not None else Metrics()
         self.max_batch = settings.batch_limit(engine.device)
         self.batches = BatchCounts()
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(settings.batch_policy)
+        self.trace: SegmentTrace | None = None
+        if settings.trace_file is not None:
+            try:
+                self.trace = SegmentTrace(settings.trace_file)
+            except OSError as exc:
+                raise StartupError(f"cannot open --trace-file: {exc}") from exc
         self.registry = Registry(settings.max_registrations, settings.registration_ttl)
         self.pacing = Pacing(settings.workers)
         # Both contexts read their files now: a bad one fails start-up, not a call.
@@ -186,6 +193,7 @@ class Server:
                 max_batch=self.max_batch,
                 batch_chars=s.batch_chars,
                 counts=self.batches,
+                trace=self.trace,
             )
             for _ in range(s.workers)
         ]
@@ -269,6 +277,8 @@ class Server:
             for t in self._threads:
                 t.join(max(1.0, deadline - time.monotonic()))
             self.calls.join_routes(deadline)
+            if self.trace is not None:
+                self.trace.close()
             self._stopped.set()
             log.info("stopped drained=%s", not left)
             return not left
