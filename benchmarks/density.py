@@ -1,23 +1,30 @@
 """Density benchmark: how many concurrent calls one daemon (one device) keeps at target.
 
 For each serving mode (``batch1``: the daemon with ``--max-batch 1``; ``batched``: with
-``--max-batch B``), one daemon after the other, it drives N concurrent calls over the real
-TCP protocol, N = 1, 2, 4 ... 512.  Each call arrives at a seeded random moment within the
-arrival window, says HELLO, streams one of a few realistic three-sentence agent replies as
-LLM token pieces (3-6 characters every ``--token-delay-ms``), sends BYE and reads to END.
-A real-time player per call (``callers.playback``) turns the AUDIO frames' arrival times
-into time to first audio (first frame minus the first piece sent) and stalls.
+``--max-batch B`` and the latency-first policy; ``batched-fill``: the same with the earlier
+policy, which fills every batch), one daemon after the other, it drives N concurrent calls
+over the real TCP protocol, N = 1, 2, 4 ... 512.  Each call arrives at a seeded random
+moment within the arrival window, says HELLO, streams one of a few realistic
+three-sentence agent replies as LLM token pieces (3-6 characters every
+``--token-delay-ms``), sends BYE and reads to END.  A real-time player per call
+(``callers.playback``) turns the AUDIO frames' arrival times into time to first audio
+(first frame minus the first piece sent) and stalls.
 
-Reported per mode and N: TTFA p50/p95, stalls, calls without END, GPU utilisation
-(``nvidia-smi`` every 0.2 s, where it exists); per mode the streams at target (the largest
-N of the sweep such that every N up to it had p95 TTFA <= ``--target-ttfa`` and no stall);
-and the batching gain, batched over batch-1 streams at target.  The weights used are
-named in the result: the daemon's real weights, or a model dir and whether it is a
-random-weight checkpoint (the real architecture, so the same work per frame of audio, but
-noise instead of words; ``text_chars_per_audio_s`` shows whether its durations are real).
+Reported per mode and N: TTFA p50/p95, the daemon latency and where each segment's time
+went (from the daemon's ``--trace-file``, :mod:`benchmarks.lib.stages`), stalls, calls
+without END, GPU utilisation (``nvidia-smi`` every 0.2 s, where it exists); per mode the
+streams at target (the largest N of the sweep such that every N up to it had p95 TTFA <=
+``--target-ttfa`` and no stall; the same for the daemon latency) and the batching gain,
+batched over batch-1 streams at target.  The weights used are named in the result: the
+daemon's real weights, or a model dir and whether it is a random-weight checkpoint (the
+real architecture, so the same work per frame of audio, but noise instead of words;
+``text_chars_per_audio_s`` shows whether its durations are real).  ``--device simulated``
+runs the real daemon with its forward pass slept as a calibrated GPU would take it
+(:mod:`benchmarks.lib.simdevice`).
 
     .venv/bin/python -m benchmarks.density --ns 1,2,4 --out /tmp/density.json
     .venv/bin/python -m benchmarks.density --device cuda --model-dir /tmp/full   # GPU host
+    .venv/bin/python -m benchmarks.density --device simulated --modes batched-fill,batched
     benchmarks/gpu_density.sh                       # a bare GPU host, wheels carried in
 
 Prints the result JSON on stdout and writes it to ``--out``; progress goes to stderr.
@@ -41,6 +48,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -58,9 +66,12 @@ from benchmarks.lib.harness import (
     strict_json,
     summary,
 )
+from benchmarks.lib.simdevice import DEFAULT_CALIBRATION
+from benchmarks.lib.stages import TraceReader, stage_summary
 from benchmarks.lib.tables import markdown
 
-MODES = ("batch1", "batched")
+MODES = ("batch1", "batched", "batched-fill")
+DEFAULT_MODES = "batch1,batched"
 FULL_NS = "1,2,4,8,16,32,64,128,256,512"
 W = WER_SENTENCES
 # Three-sentence agent replies of different lengths (116 to 190 characters), so that a
@@ -158,6 +169,8 @@ class Outcome:
     ended: bool
     connected: bool
     chars: int
+    call_id: str = ""
+    first_audio_at: float = math.nan
 
 
 def _one_call(
@@ -188,6 +201,8 @@ def _one_call(
         ended,
         True,
         chars,
+        call.call_id,
+        call.arrivals[0] if call.arrivals else math.nan,
     )
 
 
@@ -415,11 +430,11 @@ def meets_target(row: dict[str, Any], target: float) -> bool:
     )
 
 
-def streams_at_target(rows: Sequence[dict[str, Any]]) -> int:
+def streams_at_target(rows: Sequence[dict[str, Any]], key: str = "meets_target") -> int:
     """The largest N such that every N of the sweep up to it met the target."""
     best = 0
     for row in sorted(rows, key=lambda r: r["n"]):
-        if not row["meets_target"]:
+        if not row.get(key):
             break
         best = row["n"]
     return best
@@ -454,15 +469,29 @@ def summarize_n(n: int, rounds: Sequence[Round], target: float) -> dict[str, Any
     return row
 
 
+def meets_daemon_target(row: dict[str, Any], target: float) -> bool:
+    """Every call got audio and END, p95 daemon latency within ``target``, no stall."""
+    p95 = (row.get("stages") or {}).get("daemon_latency_s", {}).get("p95")
+    return (
+        row["calls"] > 0
+        and row["calls_without_end"] == 0
+        and row["calls_without_audio"] == 0
+        and p95 is not None
+        and p95 <= target
+        and row["stall_count"] == 0
+    )
+
+
 def serve_args_for(mode: str, ns: argparse.Namespace, max_n: int) -> list[str]:
     # The harness's and this sweep's needs first, so --extra-daemon-args override them;
     # the default --max-connections (256) would refuse half of N = 512, and nothing is
     # owed when the sweep stops the daemon, so its drain need not wait 20 s for stragglers.
     args = ["--max-connections", str(max(256, 2 * max_n + 16)), "--drain-timeout", "5"]
-    args += ["--device", ns.device]
+    args += ["--device", "cpu" if ns.device == "simulated" else ns.device]
     if ns.model_dir is not None:
         args += ["--model-dir", str(ns.model_dir)]
     args += ["--max-batch", "1" if mode == "batch1" else str(ns.max_batch)]
+    args += ["--batch-policy", "fill" if mode == "batched-fill" else "latency"]
     return [*args, *shlex.split(ns.extra_daemon_args)]
 
 
@@ -472,10 +501,19 @@ def run_mode(
     """One daemon, the sweep over ``nlist``; fills ``out`` as it goes, so a run cut short
     still reports what it measured."""
     serve = serve_args_for(mode, ns, max(nlist))
-    workdir = None if ns.log_dir is None else ns.log_dir / mode
-    if workdir is not None:
+    if ns.log_dir is None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"kokoro-density-{mode}-"))
+    else:
+        workdir = ns.log_dir / mode
         workdir.mkdir(parents=True, exist_ok=True)
-    daemon = Daemon(serve, ns.cache_dir, "info", workdir=workdir)
+    trace = TraceReader(workdir / "trace.jsonl")
+    trace.path.unlink(missing_ok=True)
+    serve += ["--trace-file", str(trace.path)]
+    launcher = None
+    if ns.device == "simulated":
+        launcher = [sys.executable, "-m", "benchmarks.lib.simulated_daemon"]
+        launcher += ["--calibration", str(ns.calibration)]
+    daemon = Daemon(serve, ns.cache_dir, "info", workdir=workdir, launcher=launcher)
     guard = Guard(threshold_pct=25.0, retries=ns.retries)
     out.update(
         {
@@ -484,6 +522,7 @@ def run_mode(
             "daemon_log": str(daemon.log_path),
             "per_n": [],
             "streams_at_target": 0,
+            "streams_at_daemon_target": 0,
             "stopped_early": None,
         }
     )
@@ -506,6 +545,7 @@ def run_mode(
                 delay=ns.token_delay_ms / 1e3,
                 timeout=ns.call_timeout,
             )
+        trace.read_new()  # the warm-up calls' segments are not measured
         for n in nlist:
             if time.monotonic() > deadline:
                 out["stopped_early"] = {"before_n": n, "reason": "time budget spent"}
@@ -525,13 +565,21 @@ def run_mode(
                     )
                     rounds.append(guard.run(f"n{n}", one_round))
             row = summarize_n(n, rounds, ns.target_ttfa)
+            heard = {o.call_id: o.first_audio_at for r in rounds for o in r.outcomes}
+            row["stages"] = stage_summary(trace.read_new(), heard)
+            row["meets_daemon_target"] = meets_daemon_target(row, ns.target_ttfa)
             row["gpu"] = gpu.result()
             row["cpu"] = guard.meter.usage(cpu_a, guard.meter.sample())
             out["per_n"].append(row)
             out["streams_at_target"] = streams_at_target(out["per_n"])
+            out["streams_at_daemon_target"] = streams_at_target(
+                out["per_n"], key="meets_daemon_target"
+            )
             util = (row["gpu"] or {}).get("util_mean_pct")
+            daemon_p95 = row["stages"]["daemon_latency_s"].get("p95")
             log(
-                f"[{mode}] N={n}: ttfa p50 {row['ttfa_s'].get('p50')} p95 "
+                f"[{mode}] N={n}: daemon latency p95 {daemon_p95} s, ttfa p50 "
+                f"{row['ttfa_s'].get('p50')} p95 "
                 f"{row['ttfa_s'].get('p95')} s, stalls {row['stall_count']} "
                 f"({row['stall_s']} s), without END {row['calls_without_end']}, gpu {util}%"
             )
@@ -568,9 +616,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--ns", default=None, help=f"comma list of N [{FULL_NS}; --quick: 1,2]")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list of batch1, batched")
+    p.add_argument("--modes", default=DEFAULT_MODES, help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--max-batch", type=int, default=64, help="--max-batch of the batched mode")
-    p.add_argument("--device", default="auto", help="the daemon's --device")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="the daemon's --device, or simulated: the real daemon with the forward pass "
+        "slept as --calibration says (benchmarks/lib/simdevice.py)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=DEFAULT_CALIBRATION,
+        help="the simulated device's cost model",
+    )
     p.add_argument("--model-dir", type=Path, default=None, help="default: the daemon's weights")
     p.add_argument(
         "--weights-label", default=None, help="say which weights were used, in these words"
@@ -697,10 +756,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "quick": ns.quick,
             "replies": list(REPLIES),
         },
-        "targets": {"ttfa_p95_s": ns.target_ttfa, "stalls": 0},
+        "targets": {
+            "ttfa_p95_s": ns.target_ttfa,
+            "daemon_latency_p95_s": ns.target_ttfa,
+            "stalls": 0,
+        },
+        "simulated_device": (
+            json.loads(ns.calibration.read_text(encoding="utf-8"))
+            if ns.device == "simulated"
+            else None
+        ),
         "streams_at_target_means": "the largest N of the sweep such that every N up to it "
         "had p95 TTFA within the target and no stall: concurrent calls on one daemon, "
-        "one device",
+        "one device; streams_at_daemon_target: the same with p95 daemon latency (first "
+        "audio minus the arrival of the last character its first segment needed)",
         "weights": None,
         "modes": {},
         "streams_at_target": {},
@@ -721,6 +790,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         res["weights"] = describe_weights(ns.model_dir, ns.weights_label, ready)
         res["streams_at_target"] = {
             m: r.get("streams_at_target", 0) for m, r in res["modes"].items() if "ready" in r
+        }
+        res["streams_at_daemon_target"] = {
+            m: r.get("streams_at_daemon_target", 0) for m, r in res["modes"].items() if "ready" in r
         }
         one = res["streams_at_target"].get("batch1")
         many = res["streams_at_target"].get("batched")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
+from typing import Protocol
 
 from kokoro_service.adapters.http.app import create_app
 from kokoro_service.adapters.http.server import HttpServer
@@ -32,7 +33,7 @@ from kokoro_service.server.local_calls import LocalCallsSlot
 from kokoro_service.server.server import Server
 from kokoro_service.synthesis.devices import bf16_unavailable, probe_devices, select_device
 from kokoro_service.synthesis.engine import Engine, PrecisionCheck, WarmUp
-from kokoro_service.synthesis.models.sources import resolve_source
+from kokoro_service.synthesis.models.sources import ModelSource, resolve_source
 from kokoro_service.synthesis.voices import choose_voice
 from kokoro_service.text import phonetext
 
@@ -43,6 +44,19 @@ EXIT_ERROR = 1
 EXIT_STARTUP = 3
 EXIT_FORCED = 4
 _MAIN_LOOP_TICK = 0.5
+
+
+class EngineFactory(Protocol):
+    """Builds the engine from its source (the signature of :class:`Engine`)."""
+
+    def __call__(
+        self,
+        source: ModelSource,
+        *,
+        device: str,
+        default_lang: str,
+        torch_threads: int | None,
+    ) -> Engine: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +91,20 @@ def default_torch_threads(device: str, workers: int) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
-def load_engine(settings: Settings, device: str | None = None) -> Loaded:
+def load_engine(
+    settings: Settings, device: str | None = None, make_engine: EngineFactory = Engine
+) -> Loaded:
     """Resolve the model source, load it, choose the voice and warm up (if asked), in the
     calling thread.  A failure to load is a :class:`StartupError`; one in the warm-up a
-    :class:`SynthesisError` (both exit 3 from :func:`run`)."""
+    :class:`SynthesisError` (both exit 3 from :func:`run`).  ``make_engine`` builds the
+    engine: :class:`Engine`, or a benchmark's stand-in for a device this host lacks."""
     device = device or choose_device(settings.device)
     threads = settings.torch_threads or default_torch_threads(device, settings.workers)
     try:
         source = resolve_source(settings.model_dir, settings.cache_dir)
-        engine = Engine(source, device=device, default_lang=settings.lang, torch_threads=threads)
+        engine = make_engine(
+            source, device=device, default_lang=settings.lang, torch_threads=threads
+        )
     except VoiceError as exc:  # the default language cannot be loaded
         raise StartupError(str(exc)) from exc
     engine.rewrite = text_rewrite(settings, set(getattr(engine.model, "vocab", {})))
@@ -164,7 +183,9 @@ def choose_precision(engine: Engine, settings: Settings, voice: str) -> Precisio
     return check
 
 
-def load_off_main_thread(settings: Settings, device: str | None = None) -> Loaded:
+def load_off_main_thread(
+    settings: Settings, device: str | None = None, make_engine: EngineFactory = Engine
+) -> Loaded:
     """:func:`load_engine` in a thread that then exits.
 
     libgomp gives every thread that runs a parallel region its own team.  A team left
@@ -172,7 +193,7 @@ def load_off_main_thread(settings: Settings, device: str | None = None) -> Loade
     then stops spinning between regions: measured 1.4x slower synthesis on 2 cores.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="loader") as pool:
-        return pool.submit(load_engine, settings, device).result()
+        return pool.submit(load_engine, settings, device, make_engine).result()
 
 
 class _Signals:
@@ -215,7 +236,7 @@ def descriptor_limit(settings: Settings) -> int:
     return soft
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, make_engine: EngineFactory = Engine) -> int:
     """Load the engine, serve until SIGTERM/SIGINT, drain, and return the exit code."""
     descriptor_limit(settings)
     readiness = Readiness(settings.ready_file)
@@ -245,7 +266,7 @@ def run(settings: Settings) -> int:
                 on_refused=lambda: metrics.refused("max_connections"),
             )
             http.start()
-        loaded = load_off_main_thread(settings)
+        loaded = load_off_main_thread(settings, make_engine=make_engine)
         server = Server(
             settings,
             loaded.engine,

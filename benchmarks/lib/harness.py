@@ -294,8 +294,11 @@ class Daemon:
         workdir: Path | None = None,
         *,
         admission: bool = False,
+        launcher: Sequence[str] | None = None,
     ) -> None:
-        """``workdir`` holds the ready file and the kept log (default: a new temp dir).
+        """``workdir`` holds the ready file and the kept log (default: a new temp dir);
+        ``launcher`` replaces ``kokoro-service`` (before ``serve``'s arguments), as the
+        simulated device's ``python -m benchmarks.lib.simulated_daemon`` does.
 
         Without ``admission`` the daemon runs with ``--max-calls 0``: the benchmarks
         measure what the host does at every load, past its capacity too, rather than
@@ -318,7 +321,7 @@ class Daemon:
             args += ["--cache-dir", str(cache_dir)]
         args += [*serve_args, "--ready-file", str(self.ready_file)]
         self.settings = serve_settings(args)  # bad arguments fail here, before the start
-        self.argv = [*base, "serve", *args]
+        self.argv = [*launcher, *args] if launcher else [*base, "serve", *args]
         self.info: dict[str, Any] = {}
         self.host = "127.0.0.1"
         self.port = 0
