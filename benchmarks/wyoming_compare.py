@@ -4,19 +4,13 @@ texts, in one run.
 
 Our side is ``kokoro-service serve`` as a subprocess (the harness's :class:`Daemon`: ready
 when its ready file appears), with ``--wyoming-port`` on a free port added to its
-arguments.  The peer is ``PEER_PYTHON -m wyoming_kokoro_torch`` in its own virtual
-environment (it pins ``wyoming<1.8``), run with no network (``HF_HUB_OFFLINE=1``, an empty
-``HF_HOME``) on the weights our daemon resolves by default: the directory that
-``kokoro_service.synthesis.models.sources.resolve_source`` returns for the daemon's settings (the
-embedded import, ``config.json`` + ``kokoro-v1_0.pth`` + ``voices/*.pt``, unless a hub
-cache or ``--model-dir`` takes precedence) is laid out by symlinks in a temp dir as the
-peer's ``--data-dir``:
-
-* ``config.json`` and ``kokoro-v1_0.pth`` (the file names the peer's handler looks for);
-* the voice as ``<lang>_<voice>.pt`` and ``<lang>_<voice>`` (a name the peer does not know
-  is a "custom voice": it must exist under its bare name, and ``.pt`` is what it loads).
-  The peer picks its G2P pipeline by the voice name's first letter, so ``a_jm_kumo``
-  speaks ``jm_kumo`` with American English G2P, as our daemon does with ``--lang a``.
+arguments (:mod:`benchmarks.lib.wyoming_ours`).  The peer is ``PEER_PYTHON -m
+wyoming_kokoro_torch`` in its own virtual environment (it pins ``wyoming<1.8``), run with
+no network (``HF_HUB_OFFLINE=1``, an empty ``HF_HOME``) on the weights our daemon resolves
+by default: the directory that ``kokoro_service.synthesis.models.sources.resolve_source``
+returns for the daemon's settings, laid out by symlinks as the peer's ``--data-dir``
+(:mod:`benchmarks.lib.wyoming_peer` says how, and which voice name speaks ``--voice`` with
+our ``--lang``).
 
 Both servers must answer ``describe`` with ``info`` before anything is measured.  Then,
 round by round (the order of the paths rotating each round), for each text:
@@ -65,58 +59,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as _dt
-import importlib.metadata
+import functools
 import json
 import math
-import os
 import shlex
 import signal
 import socket
-import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.client import AsyncTcpClient
-from wyoming.error import Error
-from wyoming.tts import (
-    Synthesize,
-    SynthesizeChunk,
-    SynthesizeStart,
-    SynthesizeStop,
-    SynthesizeStopped,
-)
 
 from benchmarks.lib.callers import TEXT_ONE
 from benchmarks.lib.harness import (
     RESULTS_DIR,
-    CpuMeter,
-    Daemon,
     host_facts,
     log,
+    print_table,
     rounded,
     serve_settings,
     strict_json,
-    summary,
 )
-from benchmarks.lib.tables import host_line, markdown
-from benchmarks.lib.wyoming_peer import (
-    VERSION_PACKAGES,
-    Peer,
-    free_port,
-    info_summary,
-    read_within,
-    wait_describe,
-)
-from kokoro_service.wire.client import Connection
+from benchmarks.lib.path_rounds import Rounds, busiest, p50, paths_markdown, ratios
+from benchmarks.lib.tables import host_line
+from benchmarks.lib.timed_requests import Sample, binary_once, pieces_of, wyoming_once
+from benchmarks.lib.wyoming_ours import Ours
+from benchmarks.lib.wyoming_peer import Peer, shared_weights, versions_here
 
 # The issue's reply: three sentences, so a server that cuts at sentence ends starts after
 # the first one.  The one-sentence reply is the latency benchmark's.
@@ -244,244 +215,6 @@ def select_texts(ns: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-def pieces_of(text: str, n: int) -> list[str]:
-    """``text`` in ``n`` pieces of about equal length, cut after a space (so no word is
-    split, and the cuts fall mid-sentence as an LLM's deltas do); concatenated, ``text``."""
-    words = text.split(" ")
-    if n <= 1 or len(words) <= 1:
-        return [text]
-    target = len(text) / n
-    out: list[str] = []
-    cur = ""
-    for i, word in enumerate(words):
-        cur += word + (" " if i + 1 < len(words) else "")
-        if len(out) < n - 1 and len(cur) >= target:
-            out.append(cur)
-            cur = ""
-    if cur:
-        out.append(cur)
-    return out
-
-
-def versions_here() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in VERSION_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def serve_has_wyoming() -> bool:
-    """Whether ``kokoro-service serve`` has a ``--wyoming-port`` option yet."""
-    from kokoro_service.cli import serve
-
-    return any("--wyoming-port" in getattr(param, "opts", ()) for param in serve.params)
-
-
-# ------------------------------------------------------------------------------ samples
-
-
-@dataclass
-class Sample:
-    """One request: seconds from its first byte sent, and what came back."""
-
-    first_audio_s: float = math.nan
-    total_s: float = math.nan
-    audio_start_s: float = math.nan  # the first audio-start (Wyoming only)
-    audio_stop_s: float = math.nan  # the last audio-stop / END
-    audio_s: float = 0.0
-    chunks: int = 0
-    audio_starts: int = 0
-    audio_stops: int = 0
-    fmt: dict[str, int] | None = None
-    connect_s: float = math.nan
-    error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and math.isfinite(self.first_audio_s + self.total_s)
-
-
-def binary_once(
-    host: str, port: int, pieces: Sequence[str], delay: float, timeout: float
-) -> Sample:
-    """HELLO, the pieces as TEXT frames, BYE; time the first AUDIO frame and END."""
-    out = Sample()
-    c0 = time.monotonic()
-    conn = Connection(host, port, timeout=timeout)
-    out.connect_s = time.monotonic() - c0
-    try:
-        t0 = time.monotonic()
-        conn.hello(f"wycmp-{os.getpid()}-{time.monotonic_ns()}")
-
-        def send() -> None:
-            for i, piece in enumerate(pieces):
-                if i and delay > 0:
-                    time.sleep(delay)
-                conn.text(piece)
-            conn.bye()
-
-        sender: threading.Thread | None = None
-        if delay > 0 and len(pieces) > 1:
-            sender = threading.Thread(target=send, name="pieces", daemon=True)
-            sender.start()
-        else:
-            send()
-        deadline = t0 + timeout
-        end_at = math.nan
-        reply = conn.reply
-        while not reply.closed and time.monotonic() < deadline:
-            conn.read_some(min(0.25, max(0.01, deadline - time.monotonic())))
-            if reply.ended and not math.isfinite(end_at):
-                end_at = time.monotonic()
-                break
-        if sender is not None:
-            sender.join(5)
-        if reply.arrivals:
-            out.first_audio_s = reply.arrivals[0] - t0
-        out.total_s = end_at - t0
-        out.audio_stop_s = out.total_s
-        out.audio_s = reply.seconds
-        out.chunks = len(reply.chunks)
-        fmt = getattr(reply, "format", None)
-        out.fmt = {
-            "rate": int(getattr(fmt, "rate", 24_000)),
-            "width": int(getattr(fmt, "width", 4)),
-            "channels": 1,
-        }
-        if not reply.ended:
-            out.error = "no END" + (" (closed)" if reply.closed else f" within {timeout:.0f}s")
-        elif not reply.arrivals:
-            out.error = "no AUDIO before END"
-    finally:
-        conn.close()
-    return out
-
-
-async def _drain_reply(client: AsyncTcpClient, timeout: float) -> None:
-    """Read one non-streamed reply to its audio-stop (the reused connection's primer)."""
-    while True:
-        event = await read_within(client, timeout)
-        if event is None or AudioStop.is_type(event.type):
-            return
-        if Error.is_type(event.type):
-            raise RuntimeError(f"primer: {Error.from_event(event).text}")
-
-
-async def wyoming_once(
-    host: str,
-    port: int,
-    text: str,
-    pieces: Sequence[str],
-    *,
-    streaming: bool,
-    delay: float,
-    timeout: float,
-    primer: str | None = None,
-) -> Sample:
-    """One Wyoming request on a new connection, written while the reply is read (two
-    tasks, as Home Assistant does); ``primer`` is said first, unmeasured, on the same
-    connection."""
-    out = Sample()
-    c0 = time.monotonic()
-    client = AsyncTcpClient(host, port)
-    await asyncio.wait_for(client.connect(), timeout=timeout)
-    out.connect_s = time.monotonic() - c0
-    t0 = math.nan
-    try:
-        if primer is not None:
-            p0 = time.monotonic()
-            await client.write_event(Synthesize(text=primer).event())
-            await _drain_reply(client, timeout)
-            out.extra["primer_s"] = rounded(time.monotonic() - p0)
-
-        async def write() -> None:
-            nonlocal t0
-            t0 = time.monotonic()
-            if not streaming:
-                await client.write_event(Synthesize(text=text).event())
-                return
-            await client.write_event(SynthesizeStart().event())
-            for i, piece in enumerate(pieces):
-                if i and delay > 0:
-                    await asyncio.sleep(delay)
-                await client.write_event(SynthesizeChunk(text=piece).event())
-            # The streaming convention: the whole text once more, for servers that do not
-            # stream (Home Assistant sends it), then the stop.
-            await client.write_event(Synthesize(text=text).event())
-            await client.write_event(SynthesizeStop().event())
-            out.extra["stop_sent_s"] = rounded(time.monotonic() - t0)
-
-        writer = asyncio.ensure_future(write())
-        nbytes = 0
-        try:
-            while True:
-                try:
-                    event = await read_within(client, timeout)
-                except asyncio.TimeoutError:
-                    out.error = f"no event within {timeout:.0f}s"
-                    break
-                now = time.monotonic()
-                if event is None:
-                    out.error = "connection closed before the reply ended"
-                    break
-                if AudioStart.is_type(event.type):
-                    start = AudioStart.from_event(event)
-                    out.audio_starts += 1
-                    if out.fmt is None:
-                        out.fmt = {
-                            "rate": start.rate,
-                            "width": start.width,
-                            "channels": start.channels,
-                        }
-                        out.audio_start_s = now - t0
-                elif AudioChunk.is_type(event.type):
-                    chunk = AudioChunk.from_event(event)
-                    if chunk.audio:
-                        out.chunks += 1
-                        if out.chunks == 1:
-                            out.first_audio_s = now - t0
-                        if out.fmt is None:
-                            out.fmt = {
-                                "rate": chunk.rate,
-                                "width": chunk.width,
-                                "channels": chunk.channels,
-                            }
-                        nbytes += len(chunk.audio)
-                elif AudioStop.is_type(event.type):
-                    out.audio_stops += 1
-                    out.audio_stop_s = now - t0
-                    if not streaming:
-                        out.total_s = out.audio_stop_s
-                        break
-                elif SynthesizeStopped.is_type(event.type):
-                    out.total_s = now - t0
-                    break
-                elif Error.is_type(event.type):
-                    err = Error.from_event(event)
-                    out.error = f"error event: {err.code}: {err.text}"
-                    break
-        finally:
-            if not writer.done():
-                writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-        if out.fmt is not None:
-            frame = out.fmt["width"] * out.fmt["channels"]
-            out.audio_s = nbytes / frame / out.fmt["rate"] if frame and out.fmt["rate"] else 0.0
-        if out.error is None and out.chunks == 0:
-            out.error = "no audio-chunk with data"
-    finally:
-        await client.disconnect()
-    return out
-
-
-# ------------------------------------------------------------------------------ the peer
-
-
 # ------------------------------------------------------------------------------ the run
 
 
@@ -493,165 +226,34 @@ class Targets:
     peer_port: int | None
 
 
-class Runner:
-    def __init__(self, ns: argparse.Namespace, where: Targets, texts: dict[str, str]) -> None:
-        self.ns = ns
-        self.where = where
-        self.texts = texts
-        self.pieces = {name: pieces_of(text, ns.pieces) for name, text in texts.items()}
-        self.meter = CpuMeter()
-        self.timeout = ns.request_timeout
-        self.delay = ns.piece_delay_ms / 1e3
-
-    def once(self, path: str, name: str) -> Sample:
-        text, pieces = self.texts[name], self.pieces[name]
-        host, w = self.where.host, self.where
-        if path in ("binary", "binary-stream"):
-            chosen = [text] if path == "binary" else pieces
-            return binary_once(host, w.binary_port, chosen, self.delay, self.timeout)
-        port = w.wyoming_port if path.startswith("wyoming") else w.peer_port
-        if port is None:
-            return Sample(error="server not running")
-        return asyncio.run(
-            wyoming_once(
-                host,
-                port,
-                text,
-                pieces,
-                streaming=path in STREAMED,
-                delay=self.delay,
-                timeout=self.timeout,
-                primer=REUSE_PRIMER if path == "peer-reused" else None,
-            )
+def one_request(
+    where: Targets, path: str, text: str, pieces: list[str], *, delay: float, timeout: float
+) -> Sample:
+    """One request of ``path`` on a new connection, to the server that path names."""
+    if path in ("binary", "binary-stream"):
+        chosen = [text] if path == "binary" else pieces
+        return binary_once(where.host, where.binary_port, chosen, delay, timeout)
+    port = where.wyoming_port if path.startswith("wyoming") else where.peer_port
+    if port is None:
+        return Sample(error="server not running")
+    return asyncio.run(
+        wyoming_once(
+            where.host,
+            port,
+            text,
+            pieces,
+            streaming=path in STREAMED,
+            delay=delay,
+            timeout=timeout,
+            primer=REUSE_PRIMER if path == "peer-reused" else None,
         )
-
-    def guarded(self, path: str, name: str, retries: int) -> tuple[Sample, float, int]:
-        """One request, repeated (up to ``retries`` times) while others used the machine."""
-        tries = 0
-        while True:
-            a = self.meter.sample()
-            try:
-                sample = self.once(path, name)
-            except (OSError, asyncio.TimeoutError, RuntimeError) as exc:
-                sample = Sample(error=f"{type(exc).__name__}: {exc}")
-            foreign = self.meter.usage(a, self.meter.sample())["foreign_cpu_pct"]
-            if foreign <= self.ns.contended_pct or tries >= retries or not sample.ok:
-                return sample, foreign, tries
-            tries += 1
-            time.sleep(1.0)
-
-    def run(self, paths: list[str]) -> dict[str, Any]:
-        rounds = self.ns.warmup + self.ns.repeats
-        rows: dict[str, dict[str, list[dict[str, Any]]]] = {
-            name: {p: [] for p in paths} for name in self.texts
-        }
-        waits: list[dict[str, float]] = []
-        for r in range(rounds):
-            measured = r >= self.ns.warmup
-            if measured and self.ns.wait_idle > 0:
-                waits.append(self.meter.wait_idle(self.ns.wait_idle))
-            order = paths[r % len(paths) :] + paths[: r % len(paths)]
-            for name in self.texts:
-                for path in order:
-                    retries = self.ns.retries if measured else 0
-                    sample, foreign, retried = self.guarded(path, name, retries)
-                    tag = "measured" if measured else "warm-up"
-                    log(
-                        f"round {r + 1}/{rounds} ({tag}) {name} {path}: first "
-                        f"{sample.first_audio_s:.3f}s total {sample.total_s:.3f}s audio "
-                        f"{sample.audio_s:.2f}s, others {foreign}% CPU"
-                        + (f", ERROR {sample.error}" if sample.error else "")
-                    )
-                    if measured:
-                        rows[name][path].append(
-                            {"round": r - self.ns.warmup, **row(sample, foreign, retried)}
-                        )
-        return {
-            "texts": {
-                name: {
-                    "text": self.texts[name],
-                    "pieces": self.pieces[name],
-                    "paths": {p: path_summary(rows[name][p]) for p in paths},
-                }
-                for name in self.texts
-            },
-            "idle_waits": waits,
-        }
-
-
-def row(s: Sample, foreign: float, retried: int) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "first_audio_s": rounded(s.first_audio_s),
-        "total_s": rounded(s.total_s),
-        "audio_start_s": rounded(s.audio_start_s),
-        "audio_stop_s": rounded(s.audio_stop_s),
-        "audio_s": rounded(s.audio_s),
-        "chunks": s.chunks,
-        "audio_starts": s.audio_starts,
-        "audio_stops": s.audio_stops,
-        "format": s.fmt,
-        "connect_s": rounded(s.connect_s, 5),
-        "foreign_cpu_pct": foreign,
-        "retried": retried,
-        **s.extra,
-    }
-    if s.error:
-        out["error"] = s.error
-    return out
-
-
-def _vals(rows: list[dict[str, Any]], key: str) -> list[float]:
-    out = []
-    for r in rows:
-        v = r.get(key)
-        if "error" not in r and isinstance(v, float | int) and math.isfinite(v):
-            out.append(float(v))
-    return out
-
-
-def path_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    formats = {json.dumps(r["format"], sort_keys=True) for r in rows if r.get("format")}
-    out: dict[str, Any] = {
-        "n": len(rows),
-        "errors": [r["error"] for r in rows if "error" in r],
-        "first_audio_s": summary(_vals(rows, "first_audio_s")),
-        "total_s": summary(_vals(rows, "total_s")),
-        "audio_s": summary(_vals(rows, "audio_s")),
-        "first_audio_samples": [r["first_audio_s"] for r in rows],
-        "total_samples": [r["total_s"] for r in rows],
-        "audio_s_samples": [r["audio_s"] for r in rows],
-        "formats": [json.loads(f) for f in sorted(formats)],
-        "audio_starts_per_reply": sorted({r["audio_starts"] for r in rows}),
-        "contended_samples": sum(1 for r in rows if r["foreign_cpu_pct"] > 25),
-        "samples": rows,
-    }
-    starts = _vals(rows, "audio_start_s")
-    if starts:
-        out["audio_start_s"] = summary(starts)
-    return out
-
-
-def p50(block: dict[str, Any], key: str) -> float:
-    value = (block.get(key) or {}).get("p50")
-    return float(value) if isinstance(value, float | int) else math.nan
-
-
-def paired_ratio(num: dict[str, Any], den: dict[str, Any], key: str) -> float:
-    """Median over rounds of num/den, each round's two samples taken minutes apart at most."""
-    a = {r["round"]: r.get(key) for r in num.get("samples", []) if "error" not in r}
-    b = {r["round"]: r.get(key) for r in den.get("samples", []) if "error" not in r}
-    ratios = [
-        a[k] / b[k]
-        for k in a.keys() & b.keys()
-        if isinstance(a[k], float) and isinstance(b[k], float) and b[k] > 0
-    ]
-    return statistics.median(ratios) if ratios else math.nan
+    )
 
 
 def comparisons(res: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ratios per text: our Wyoming port against our binary protocol (the issue's target),
     the peer against our Wyoming port, and each path's audio length against binary's."""
-    ratios: dict[str, Any] = {}
+    by_text: dict[str, Any] = {}
     targets: list[dict[str, Any]] = []
     for name, block in res["texts"].items():
         paths = block["paths"]
@@ -665,23 +267,14 @@ def comparisons(res: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
             ("peer_over_binary", "peer", "binary"),
         ]
         for label, num, den in pairs:
-            if num not in paths or den not in paths:
-                continue
-            entry = {}
-            for key, short in (("first_audio_s", "first_audio"), ("total_s", "total")):
-                entry[f"{short}_p50_ratio"] = rounded(
-                    p50(paths[num], key) / p50(paths[den], key), 3
-                )
-                entry[f"{short}_paired_median_ratio"] = rounded(
-                    paired_ratio(paths[num], paths[den], key), 3
-                )
-            mine[label] = entry
+            if num in paths and den in paths:
+                mine[label] = ratios(paths[num], paths[den])
         if "binary" in paths:  # both sides should speak about as long
             base = p50(paths["binary"], "audio_s")
             mine["audio_s_over_binary"] = {
                 p: rounded(p50(paths[p], "audio_s") / base, 3) for p in paths if p != "binary"
             }
-        ratios[name] = mine
+        by_text[name] = mine
         for label, mode in (
             ("wyoming_over_binary", "synthesize"),
             ("wyoming_stream_over_binary_stream", "streamed"),
@@ -700,7 +293,7 @@ def comparisons(res: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
                         "pass": ok,
                     }
                 )
-    return ratios, targets
+    return by_text, targets
 
 
 def table(res: dict[str, Any]) -> str:
@@ -710,25 +303,11 @@ def table(res: dict[str, Any]) -> str:
     ready = (res.get("ours") or {}).get("ready") or {}
     # The warm-up's RTF is not shown: it is one start-up's figure, not this run's.
     ours = f"; ours: {ready.get('precision')}" if ready else ""
-    rows = [
-        r
-        for block in ((res.get("results") or {}).get("texts") or {}).values()
-        for s in block["paths"].values()
-        for r in s.get("samples", [])
-    ]
-    busiest = max((r.get("foreign_cpu_pct") or 0.0 for r in rows), default=None)
-    if busiest is not None:
-        ours += f"; other processes at most {busiest:.1f}% CPU during a request"
+    most = busiest(res.get("results"))
+    if most is not None:
+        ours += f"; other processes at most {most:.1f}% CPU during a request"
     lines = [f"{host_line(host)}; {rounds} rounds{ours}", ""]
-    cells = []
-    for name, block in (res.get("results") or {}).get("texts", {}).items():
-        for path, s in block["paths"].items():
-            f, t, a = s["first_audio_s"], s["total_s"], s["audio_s"]
-            first = f"{f.get('p50', '-')} / {f.get('p95', '-')}"
-            total = f"{t.get('p50', '-')} / {t.get('p95', '-')}"
-            cells.append([name, path, first, total, a.get("p50", "-"), s["n"]])
-    head = ["text", "path", "first audio p50 / p95 s", "total p50 / p95 s", "audio s", "n"]
-    lines += markdown(head, cells)
+    lines += paths_markdown(res.get("results"))
     for t in res.get("targets", []):
         verdict = {True: "PASS", False: "FAIL", None: "-"}[t["pass"]]
         lines.append(f"\n{t['target']}: {t['measured']} (paired {t['paired_median']}) {verdict}")
@@ -744,59 +323,88 @@ def start_ours(
     ns: argparse.Namespace,
     serve_args: list[str],
     running: list[str],
-    out: dict[str, Any],
+    res: dict[str, Any],
     problems: list[str],
-) -> tuple[Daemon | None, int | None]:
+) -> Ours | None:
     """Our daemon, with ``--wyoming-port`` where ``serve`` has it, ready and answering
-    ``describe``; the paths it cannot serve leave ``running``.  (None, None) if it failed."""
-    has = serve_has_wyoming()
-    out["serve_has_wyoming_port"] = has
-    args = list(serve_args)
-    wyoming_port: int | None = None
-    if has:
-        wyoming_port = free_port()
-        args += ["--wyoming-port", str(wyoming_port)]
-    elif any(p.startswith("wyoming") for p in running):
+    ``describe``; the paths it cannot serve leave ``running``.  None if it failed."""
+    ours = Ours(serve_args, ns.cache_dir, ns.daemon_log_level)
+    res["ours"] = ours.info
+    if not ours.has_wyoming and any(p.startswith("wyoming") for p in running):
         problems.append(
             "our `kokoro-service serve` has no --wyoming-port yet: the wyoming and "
             "wyoming-stream paths were not run"
         )
         running[:] = [p for p in running if not p.startswith("wyoming")]
-    daemon = Daemon(args, ns.cache_dir, ns.daemon_log_level)
-    out["command"] = shlex.join(daemon.argv)
-    log(f"starting our daemon: {shlex.join(daemon.argv)}")
     try:
-        out["start_s"] = rounded(daemon.start(ns.start_timeout), 2)
-        out["ready"] = daemon.info
-        log(f"our daemon is ready on {daemon.host}:{daemon.port} (pid {daemon.pid})")
-        announced = daemon.info.get("wyoming")
-        if isinstance(announced, dict) and isinstance(announced.get("port"), int):
-            wyoming_port = int(announced["port"])  # where the ready file says it listens
-        if wyoming_port is not None and any(p.startswith("wyoming") for p in running):
-            proc = daemon.proc
-            info, took = wait_describe(
-                daemon.host,
-                wyoming_port,
-                time.monotonic() + 60.0,
-                lambda: proc is not None and proc.poll() is None,
-            )
-            out["wyoming_port"] = wyoming_port
-            out["wyoming_info"] = info_summary(info, took)
-            log(f"our Wyoming port {wyoming_port} answers describe: {out['wyoming_info']}")
-            if (
-                "wyoming-stream" in running
-                and not out["wyoming_info"]["supports_synthesize_streaming"]
-            ):
-                problems.append("our info says no synthesize streaming: wyoming-stream not run")
-                running.remove("wyoming-stream")
+        ours.start(ns.start_timeout, describe=any(p.startswith("wyoming") for p in running))
     except RuntimeError as exc:
         problems.append(f"our daemon could not start or answer describe: {exc}")
         log(f"our daemon: {exc}")
-        out["exit_code"] = daemon.stop()
-        out["log_tail"] = [line for _, line in daemon.lines[-30:]]
+        ours.give_up()
         running[:] = [p for p in running if p not in OURS]
-        return None, None
-    return daemon, wyoming_port
+        return None
+    if (
+        "wyoming-stream" in running
+        and not ours.info["wyoming_info"]["supports_synthesize_streaming"]
+    ):
+        problems.append("our info says no synthesize streaming: wyoming-stream not run")
+        running.remove("wyoming-stream")
+    return ours
+
+
+def start_peer(
+    ns: argparse.Namespace,
+    lang: str,
+    source: Any,
+    running: list[str],
+    res: dict[str, Any],
+    problems: list[str],
+) -> Peer | None:
+    """The peer on our weights, answering ``describe``; the paths it cannot serve leave
+    ``running``.  None if it was not run or did not start."""
+    if ns.peer_python is None:
+        problems.append("no --peer-python: the peer was not run")
+        res["peer"] = {"status": "not run: no --peer-python given"}
+        running[:] = [p for p in running if p not in PEER]
+        return None
+    peer = Peer(ns.peer_python, ns.voice, lang, ns.peer_arg, ns.keep_peer_dir)
+    res["peer"] = peer.info
+    failed = peer.launch(source, ns.start_timeout)
+    if failed is not None:
+        problems.append(f"the peer could not start: {failed}")
+        running[:] = [p for p in running if p not in PEER]
+        return None
+    res["versions"]["peer"] = peer.info.get("versions")
+    if not peer.info["info"]["supports_synthesize_streaming"] and "peer-stream" in running:
+        problems.append("the peer's info says no streaming: peer-stream not run")
+        running.remove("peer-stream")
+    return peer
+
+
+def measure(
+    ns: argparse.Namespace,
+    texts: dict[str, str],
+    where: Targets,
+    pids: list[int],
+    paths: list[str],
+) -> dict[str, Any]:
+    """The rounds: each text through each path once a round, the order rotating."""
+    once = functools.partial(
+        one_request, where, delay=ns.piece_delay_ms / 1e3, timeout=ns.request_timeout
+    )
+    rounds = Rounds(
+        once,
+        texts,
+        {name: pieces_of(text, ns.pieces) for name, text in texts.items()},
+        warmup=ns.warmup,
+        repeats=ns.repeats,
+        retries=ns.retries,
+        contended_pct=ns.contended_pct,
+        wait_idle=ns.wait_idle,
+    )
+    rounds.meter.pids.extend(pids)  # the servers' CPU use is not others' load
+    return rounds.run(paths)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -842,77 +450,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "problems": [],
     }
     problems: list[str] = res["problems"]
-    want_ours = any(p in OURS for p in paths)
-    want_peer = any(p in PEER for p in paths)
     serve_args = ["--voice", ns.voice, *ns.serve_arg]
-    daemon: Daemon | None = None
+    ours: Ours | None = None
     peer: Peer | None = None
     running = list(paths)
-    wyoming_port: int | None = None
     try:
         settings = serve_settings(serve_args)
         res["settings"]["lang"] = settings.lang
-        if want_ours:
-            daemon, wyoming_port = start_ours(ns, serve_args, running, res["ours"], problems)
-        # The weights: what our daemon resolves by default, by its own function.
-        from kokoro_service.synthesis.models.sources import resolve_source
-
-        source = resolve_source(settings.model_dir, settings.cache_dir)
-        res["weights"] = {
-            "kind": source.kind,
-            "description": source.description,
-            "dir": str(source.path),
-            "weights_file": str(source.weights_path),
-            "weights_bytes": source.weights_path.stat().st_size,
-            "voice_file": str(source.voice_files().get(ns.voice, "")),
-            "daemon_ready_model_source": (daemon.info.get("model_source") if daemon else None),
-        }
+        if any(p in OURS for p in paths):
+            ours = start_ours(ns, serve_args, running, res, problems)
+        daemon = ours.daemon if ours is not None else None
+        source, res["weights"] = shared_weights(settings, ns.voice)  # what the peer gets
+        res["weights"]["daemon_ready_model_source"] = (
+            daemon.info.get("model_source") if daemon else None
+        )
         if daemon is not None and daemon.info.get("model_source") != source.kind:
             problems.append(
                 f"our daemon loaded {daemon.info.get('model_source')} weights, the peer gets "
                 f"{source.kind}"
             )
-        if want_peer:
-            if ns.peer_python is None:
-                problems.append("no --peer-python: the peer was not run")
-                res["peer"] = {"status": "not run: no --peer-python given"}
-                running = [p for p in running if p not in PEER]
-            else:
-                peer = Peer(ns.peer_python, ns.voice, settings.lang, ns.peer_arg, ns.keep_peer_dir)
-                res["peer"] = peer.info
-                try:
-                    log(f"starting the peer ({ns.peer_python}) on port {peer.port}")
-                    peer.start(source, ns.start_timeout)
-                    res["versions"]["peer"] = peer.info.get("versions")
-                    peer.info["status"] = "ok"
-                    log(f"the peer answers describe: {peer.info['info']}")
-                    if not peer.info["info"]["supports_synthesize_streaming"] and (
-                        "peer-stream" in running
-                    ):
-                        problems.append("the peer's info says no streaming: peer-stream not run")
-                        running.remove("peer-stream")
-                except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
-                    peer.info["status"] = f"failed to start: {exc}"
-                    peer.info["log_tail"] = peer.log_tail()
-                    problems.append(f"the peer could not start: {exc}")
-                    log(f"the peer could not start: {exc}")
-                    peer.stop()
-                    peer = None
-                    running = [p for p in running if p not in PEER]
-        pids = [daemon.pid] if daemon is not None else []
-        if peer is not None and peer.proc is not None:
-            pids.append(peer.proc.pid)
+        if any(p in PEER for p in paths):
+            peer = start_peer(ns, settings.lang, source, running, res, problems)
         res["settings"]["paths_run"] = running
         if running:
+            pids = [daemon.pid] if daemon is not None else []
+            if peer is not None and peer.proc is not None:
+                pids.append(peer.proc.pid)
             where = Targets(
                 host="127.0.0.1",
                 binary_port=daemon.port if daemon is not None else 0,
-                wyoming_port=wyoming_port,
+                wyoming_port=ours.wyoming_port if ours is not None else None,
                 peer_port=peer.port if peer is not None else None,
             )
-            runner = Runner(ns, where, texts)
-            runner.meter.pids.extend(pids)
-            res["results"] = runner.run(running)
+            res["results"] = measure(ns, texts, where, pids, running)
             res["ratios"], res["targets"] = comparisons(res["results"])
             errors = [
                 (name, p, e)
@@ -926,12 +496,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     finally:
         if peer is not None:
             res["peer"]["exit_code"] = peer.stop()
-        if daemon is not None:
-            res["ours"]["exit_code"] = daemon.stop()
-            res["ours"]["log"] = str(daemon.log_path)
-            res["ours"]["warnings"] = [
-                ln for ln in daemon.since(0) if " WARNING " in ln or " ERROR " in ln
-            ][:50]
+        if ours is not None:
+            ours.stop()
         res["wall_s"] = rounded(time.monotonic() - t_start, 1)
         res = strict_json(res)
         text = json.dumps(res, indent=2, allow_nan=False)
@@ -952,7 +518,7 @@ def _terminate(signum: int, _frame: object) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--table":  # the table of a result file
-        print(table(json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))))
+        print_table(Path(sys.argv[2]), table)
         sys.exit(0)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)

@@ -1,6 +1,7 @@
 """The daemon's threading in a fresh process, for the levers that a warm process hides.
 
-``levers.py`` runs ``python -m benchmarks.lib.fresh synth|layout ...`` for each measurement.
+``benchmarks.levers`` (its :mod:`~benchmarks.levers.process` levers) runs ``python -m
+benchmarks.lib.fresh synth|layout ...`` for each measurement.
 The child loads with the product's own loader, :func:`kokoro_service.daemon.
 load_off_main_thread` (in a thread that then exits, so only the synthesis threads keep
 OpenMP teams), then synthesizes in worker threads that call ``Engine.bind_thread()``

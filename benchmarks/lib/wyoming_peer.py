@@ -1,10 +1,22 @@
 """The Wyoming Kokoro server from PyPI that wyoming_compare measures ours against, as a
 process of its own: its data, its environment, its start and stop, and the ``describe``
-that says it serves."""
+that says it serves.
+
+Its ``--data-dir`` is the weights our daemon resolves (the embedded import,
+``config.json`` + ``kokoro-v1_0.pth`` + ``voices/*.pt``, unless a hub cache or
+``--model-dir`` takes precedence), laid out by symlinks in a temp dir:
+
+* ``config.json`` and ``kokoro-v1_0.pth`` (the file names the peer's handler looks for);
+* the voice as ``<lang>_<voice>.pt`` and ``<lang>_<voice>`` (a name the peer does not know
+  is a "custom voice": it must exist under its bare name, and ``.pt`` is what it loads).
+  The peer picks its G2P pipeline by the voice name's first letter, so ``a_jm_kumo``
+  speaks ``jm_kumo`` with American English G2P, as our daemon does with ``--lang a``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import shlex
@@ -22,7 +34,9 @@ from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 from wyoming.info import Describe, Info
 
-from benchmarks.lib.harness import rounded
+from benchmarks.lib.harness import log, rounded
+from kokoro_service.config import Settings
+from kokoro_service.synthesis.models.sources import ModelSource, resolve_source
 
 PEER_MODULE = "wyoming_kokoro_torch"
 PEER_WEIGHTS_NAME = "kokoro-v1_0.pth"  # the handler looks for exactly this name
@@ -89,6 +103,20 @@ def info_summary(info: Info, describe_s: float) -> dict[str, Any]:
         "version": tts.version if tts else None,
         "voices": len(tts.voices) if tts else 0,
         "supports_synthesize_streaming": bool(tts and tts.supports_synthesize_streaming),
+    }
+
+
+def shared_weights(settings: Settings, voice: str) -> tuple[ModelSource, dict[str, Any]]:
+    """The weights our daemon resolves by default, by its own function, for its
+    ``settings``: the model source the peer is given, and what a result says of it."""
+    source = resolve_source(settings.model_dir, settings.cache_dir)
+    return source, {
+        "kind": source.kind,
+        "description": source.description,
+        "dir": str(source.path),
+        "weights_file": str(source.weights_path),
+        "weights_bytes": source.weights_path.stat().st_size,
+        "voice_file": str(source.voice_files().get(voice, "")),
     }
 
 
@@ -230,6 +258,22 @@ class Peer:
         self.info["start_s"] = rounded(time.monotonic() - t0, 2)
         self.info["info"] = info_summary(info, describe_s)
 
+    def launch(self, source: Any, timeout: float) -> str | None:
+        """:meth:`start`, logged, with its ``status`` recorded: None when the peer answers
+        ``describe``, else why not (the peer then stopped, its log tail kept)."""
+        try:
+            log(f"starting the peer ({self.python}) on port {self.port}")
+            self.start(source, timeout)
+        except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+            self.info["status"] = f"failed to start: {exc}"
+            self.info["log_tail"] = self.log_tail()
+            log(f"the peer could not start: {exc}")
+            self.stop()
+            return str(exc)
+        self.info["status"] = "ok"
+        log(f"the peer answers describe: {self.info['info']}")
+        return None
+
     def log_tail(self, n: int = 30) -> list[str]:
         try:
             lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -260,3 +304,14 @@ class Peer:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.info["dir_removed"] = True
         return code
+
+
+def versions_here() -> dict[str, str | None]:
+    """The versions of :data:`VERSION_PACKAGES` in this process's environment (ours)."""
+    out: dict[str, str | None] = {}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out

@@ -63,7 +63,7 @@ _CHECK_TEXTS = (
 # Kokoro's own noise source moves it between two fp32 renderings of the same phonemes.
 # bf16 measured 2.2x on the embedded weights (0.109 against 0.051) with an unchanged
 # Whisper WER; the figures, and torch's dynamic int8 as the known-bad reference, are in
-# benchmarks/README.md (levers.py --only precision).
+# benchmarks/README.md (benchmarks.levers --only precision).
 PRECISION_GATE_FACTOR = 3.0
 # bf16 must also be clearly faster: within 5% is noise, and fp32 is the reference.
 _MIN_GAIN = 0.95

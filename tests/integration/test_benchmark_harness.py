@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.levers import _nodelay_once, _quantized_generator
+from benchmarks.levers.int8 import _quantized_generator
+from benchmarks.levers.nodelay import _nodelay_once
 from benchmarks.lib.callers import TEXT_ONE, playback
 from benchmarks.lib.fresh import Weights, synth_times
 from benchmarks.lib.harness import Daemon, percentile, serve_settings

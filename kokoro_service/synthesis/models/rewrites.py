@@ -9,7 +9,7 @@ every elementwise op in fp32 (under bf16 autocast the convolutions' bf16 outputs
 turned back to fp32 once, instead of mixing dtypes op by op, which torch does slowly).
 
 The result equals the stock forward to fp32 rounding (the suite checks it).  Measured on
-the 2-core AVX512-BF16 EPYC (``benchmarks/levers.py --only fused``): fp32 RTF 0.372 ->
+the 2-core AVX512-BF16 EPYC (``benchmarks.levers --only fused``): fp32 RTF 0.372 ->
 0.346, bf16 vocoder 0.251 -> 0.238.
 """
 
