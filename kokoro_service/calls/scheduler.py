@@ -9,9 +9,11 @@ keeps every player fed when calls compete for the cores.
 Latency first (the default policy): a batch is cut where its predicted time, from the
 batches already measured (:class:`.batchtime.BatchClock`), would pass ``bound_factor``
 times a lone segment's measured time.  A first segment that arrives while such a batch
-runs waits at most that long, however many calls are speaking.  A segment still joins past
-the bound when it is a first segment, or when its call's player would run dry before the
-next batch could bring it audio: throughput gives way to first audio, never to a stall.
+runs waits at most that long, however many calls are speaking.  A batch that holds first
+segments takes no other work but what cannot wait, so their own pass stays short.  A
+segment still joins past the bound when it is a first segment, or when its call's player
+would run dry before the next batch could bring it audio: throughput gives way to first
+audio, never to a stall.
 The ``fill`` policy (the earlier one) fills every batch up to ``--max-batch``.
 """
 
@@ -26,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kokoro_service.calls.batchtime import BatchClock
+from kokoro_service.calls.batchtime import BatchClock, BatchCost
 from kokoro_service.config import BATCH_POLICIES
 
 if TYPE_CHECKING:  # the engine imports torch; the scheduler stays light
@@ -267,14 +269,7 @@ class Scheduler:
             # if the padded batch stays within budget (a shorter one further down may).
             if jobs and max_chars is not None and size * (len(jobs) + 1) > max_chars:
                 continue
-            if (
-                jobs
-                and cost is not None
-                and bound is not None
-                and cost.seconds(len(jobs) + 1, size) > bound
-                and not work.pending[0].first
-                and work.deadline > urgent_before
-            ):
+            if jobs and not _joins(work, jobs, size, cost, bound, urgent_before):
                 continue
             if not work.has_room():
                 continue
@@ -300,3 +295,22 @@ class Scheduler:
     def stopped(self) -> bool:
         with self._cond:
             return self._stopped
+
+
+def _joins(
+    work: CallWork,
+    jobs: list[tuple[CallWork, Segment]],
+    size: int,
+    cost: BatchCost | None,
+    bound: float | None,
+    urgent_before: float,
+) -> bool:
+    """Latency policy: whether ``work``'s next segment may join the batch ``jobs``, which
+    would then be ``len(jobs) + 1`` segments padded to ``size`` characters."""
+    if cost is None or bound is None:
+        return True  # the fill policy, or too few batches measured yet
+    if work.pending[0].first or work.deadline <= urgent_before:
+        return True  # a caller in silence, or a player about to run dry
+    if jobs[0][1].first:
+        return False  # keep the pass that first segments wait for short
+    return cost.seconds(len(jobs) + 1, size) <= bound

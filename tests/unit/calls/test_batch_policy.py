@@ -109,3 +109,14 @@ def test_no_bound_before_a_lone_segment_was_measured() -> None:
 def test_an_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="batch policy"):
         Scheduler("greedy")
+
+
+def test_a_batch_of_first_segments_takes_only_what_cannot_wait() -> None:
+    s, works = loaded("latency", 8)  # continuation due in 30 s: it can wait
+    late = works[0]
+    s.set_deadline(late, time.monotonic() + 0.05)  # this one cannot
+    newcomer = CallWork("new", has_room=lambda: True)
+    s.add(newcomer)
+    s.submit(newcomer, [seg("Hello there.", first=True)])
+    batch = s.next_batch(64, None, timeout=0)
+    assert [w.key for w, _ in batch] == ["new", late.key]
