@@ -597,7 +597,11 @@ class Calls:
                 call.speed,
                 gen,
                 first and i == 0,
-                self.engine.phonemes_ahead(t, call.lang) if self.g2p_ahead else None,
+                (
+                    self.engine.phonemes_ahead(t, call.lang, first=first and i == 0)
+                    if self.g2p_ahead
+                    else None
+                ),
             )
             for i, t in enumerate(texts)
         ]

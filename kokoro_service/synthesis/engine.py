@@ -11,12 +11,13 @@ device and one lock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from kokoro_service.errors import (
     VoiceError,
 )
 from kokoro_service.synthesis.devices import bf16_unavailable
+from kokoro_service.synthesis.g2p_pool import PriorityG2P
 from kokoro_service.synthesis.models.architecture import REPO_ID, new_kmodel
 from kokoro_service.synthesis.models.sources import ModelSource
 from kokoro_service.synthesis.voices import VoiceTable
@@ -221,7 +223,7 @@ class Engine:
         self._building: dict[str, threading.Lock] = {}
         self._failed: dict[str, str] = {}
         self._pipelines_lock = threading.Lock()
-        self._g2p_pool: ThreadPoolExecutor | None = None
+        self._g2p_pool = PriorityG2P()
         self.batch_failures = 0
         """Batched passes that failed and were redone one segment at a time."""
         self.pipeline(default_lang)
@@ -352,19 +354,17 @@ class Engine:
             if r.phonemes
         ]
 
-    def phonemes_ahead(self, text: str, lang: str) -> Future[list[G2PChunk]]:
+    def phonemes_ahead(
+        self, text: str, lang: str, *, first: bool = False
+    ) -> Future[list[G2PChunk]]:
         """Start :meth:`phonemize` in the engine's G2P thread and return at once.
 
         G2P is Python (misaki, spaCy) at a few milliseconds a segment.  Done in the
         synthesis worker for a batch of 64 it would hold the GPU idle for a good part of
         a second per batch; started when a segment is cut, it is ready by the time the
-        segment's batch forms.
+        segment's batch forms.  A ``first`` segment goes ahead of the others.
         """
-        with self._pipelines_lock:
-            if self._g2p_pool is None:
-                self._g2p_pool = ThreadPoolExecutor(1, thread_name_prefix="g2p")
-            pool = self._g2p_pool
-        return pool.submit(self.phonemize, text, lang)
+        return self._g2p_pool.submit(functools.partial(self.phonemize, text, lang), urgent=first)
 
     def synthesize(
         self,
