@@ -469,6 +469,25 @@ def summarize_n(n: int, rounds: Sequence[Round], target: float) -> dict[str, Any
     return row
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) that process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def control_plane(row: dict[str, Any], cpu_s: float) -> dict[str, Any]:
+    """The daemon's own CPU time over the N's rounds, and the streams one core of it would
+    keep speaking in real time: audio seconds made per CPU second.  On the simulated
+    device every one of those CPU seconds is the control plane's (the model's time is
+    slept), so this is the control plane's ceiling per core."""
+    audio_s = row["audio_s_per_call"] * row["calls"]
+    return {
+        "daemon_cpu_s": rounded(cpu_s, 2),
+        "audio_s": rounded(audio_s, 1),
+        "streams_per_core": rounded(audio_s / cpu_s, 1) if cpu_s > 0 else None,
+    }
+
+
 def meets_daemon_target(row: dict[str, Any], target: float) -> bool:
     """Every call got audio and END, p95 daemon latency within ``target``, no stall."""
     p95 = (row.get("stages") or {}).get("daemon_latency_s", {}).get("p95")
@@ -552,6 +571,7 @@ def run_mode(
                 break
             rounds: list[Round] = []
             cpu_a = guard.meter.sample()
+            daemon_cpu_a = process_cpu_s(daemon.pid)
             with GpuSampler(str(info.get("device") or ns.device)) as gpu:
                 for k in range(ns.repeats):
                     one_round = functools.partial(
@@ -570,6 +590,7 @@ def run_mode(
             row["meets_daemon_target"] = meets_daemon_target(row, ns.target_ttfa)
             row["gpu"] = gpu.result()
             row["cpu"] = guard.meter.usage(cpu_a, guard.meter.sample())
+            row["control_plane"] = control_plane(row, process_cpu_s(daemon.pid) - daemon_cpu_a)
             out["per_n"].append(row)
             out["streams_at_target"] = streams_at_target(out["per_n"])
             out["streams_at_daemon_target"] = streams_at_target(
