@@ -850,8 +850,14 @@ def table(res: dict[str, Any]) -> str:
     device = (host.get("gpu") or {}).get("name") or host.get("cpu_model") or "?"
     batch = {m: (res["modes"][m].get("daemon") or {}).get("max_batch") for m in modes}
     head = ["N"] + [f"{m} (max batch {batch[m]}) TTFA p50 / p95 s, stalls" for m in modes]
+    traced = any("stages" in r for per in rows.values() for r in per.values())
+    if traced:
+        head += [f"{m} daemon latency p50 / p95 s" for m in modes]
     if host.get("gpu"):
         head += [f"{m} GPU util % (mean)" for m in modes]
+    sim = res.get("simulated_device")
+    if sim:
+        device = f"simulated device: {sim.get('name')}, on {device}"
     lines = [
         f"{device} @ {str(host.get('git_commit') or '?')[:7]}; weights: {res['weights']['label']}",
         "",
@@ -866,6 +872,10 @@ def table(res: dict[str, Any]) -> str:
                 continue
             t = r["ttfa_s"]
             cells.append(f"{t.get('p50', '-')} / {t.get('p95', '-')}, {r['stall_count']}")
+        if traced:
+            for m in modes:
+                d = ((rows[m].get(n) or {}).get("stages") or {}).get("daemon_latency_s") or {}
+                cells.append(f"{d.get('p50', '-')} / {d.get('p95', '-')}")
         if host.get("gpu"):
             for m in modes:
                 gpu = (rows[m].get(n) or {}).get("gpu") or {}
@@ -877,7 +887,14 @@ def table(res: dict[str, Any]) -> str:
         "",
         f"Streams at target (p95 TTFA <= {target} s, no stall): "
         + ", ".join(f"{m} {res['streams_at_target'].get(m)}" for m in modes)
-        + f"; batching gain {res.get('batching_gain')}.",
+        + f"; batching gain {res.get('batching_gain')}."
+        + (
+            " At the daemon-latency target: "
+            + ", ".join(f"{m} {res.get('streams_at_daemon_target', {}).get(m)}" for m in modes)
+            + "."
+            if traced
+            else ""
+        ),
         "Streams without a stall: "
         + ", ".join(f"{m} {zero_stall_streams(res['modes'][m].get('per_n', []))}" for m in modes)
         + ".",
