@@ -220,6 +220,13 @@ class Settings:
         hi=512,
         shown="1 on the CPU and MPS (batching measured no faster there), 64 on CUDA",
     )
+    g2p_processes: int = knob(
+        0,
+        "Processes for G2P started ahead (batched serving), off the daemon's GIL; 0: one "
+        "thread in the daemon.",
+        lo=0,
+        hi=64,
+    )
     batch_policy: str = knob(
         "latency",
         "How batches form: latency cuts a batch where its predicted time passes twice a "

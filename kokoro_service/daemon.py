@@ -111,6 +111,10 @@ def load_engine(
     voice = choose_voice(engine.voices, settings.voice, engine.source.description)
     check = choose_precision(engine, settings, voice)
     max_batch = settings.batch_limit(engine.device)
+    if settings.g2p_processes and max_batch > 1:
+        engine.use_g2p_processes(settings.g2p_processes, settings.lang)
+    elif settings.g2p_processes:
+        log.warning("--g2p-processes is ignored with --max-batch 1: G2P runs in the workers")
     warm = engine.warm_up(voice, settings.lang, max_batch) if settings.warmup else None
     loaded = Loaded(engine, voice, warm, workers=settings.workers, precision_check=check)
     if warm is not None:
@@ -297,6 +301,7 @@ def run(settings: Settings, make_engine: EngineFactory = Engine) -> int:
             for port in (wyoming, http):
                 if port is not None:
                     port.stop()
+        loaded.engine.close()
     return code
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from kokoro_service.errors import (
 )
 from kokoro_service.synthesis.devices import bf16_unavailable
 from kokoro_service.synthesis.g2p_pool import PriorityG2P
+from kokoro_service.synthesis.g2p_procs import G2PProcesses
 from kokoro_service.synthesis.models.architecture import REPO_ID, new_kmodel
 from kokoro_service.synthesis.models.sources import ModelSource
 from kokoro_service.synthesis.voices import VoiceTable
@@ -224,6 +226,7 @@ class Engine:
         self._failed: dict[str, str] = {}
         self._pipelines_lock = threading.Lock()
         self._g2p_pool = PriorityG2P()
+        self._g2p_procs: G2PProcesses | None = None
         self.batch_failures = 0
         """Batched passes that failed and were redone one segment at a time."""
         self.pipeline(default_lang)
@@ -364,7 +367,47 @@ class Engine:
         a second per batch; started when a segment is cut, it is ready by the time the
         segment's batch forms.  A ``first`` segment goes ahead of the others.
         """
-        return self._g2p_pool.submit(functools.partial(self.phonemize, text, lang), urgent=first)
+        job = functools.partial(self._phonemize_ahead, text, lang)
+        return self._g2p_pool.submit(job, urgent=first)
+
+    def use_g2p_processes(self, processes: int, lang: str) -> None:
+        """Run G2P started ahead in ``processes`` spawned processes (0: a thread here),
+        with ``lang``'s pipeline built in each.  Only before serving."""
+        if processes < 1:
+            return
+        t0 = time.perf_counter()
+        procs = G2PProcesses(processes, REPO_ID)
+        try:
+            procs.warm_up(lang)
+        except Exception as exc:
+            procs.close()
+            raise SynthesisError(f"the G2P processes failed to start: {exc}") from exc
+        self._g2p_procs = procs
+        self._g2p_pool = PriorityG2P(threads=processes)
+        log.info("G2P in %d process(es), ready in %.1fs", processes, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        """Stop the G2P processes, if any (the model needs no closing)."""
+        procs, self._g2p_procs = self._g2p_procs, None
+        if procs is not None:
+            procs.close()
+
+    def _phonemize_ahead(self, text: str, lang: str) -> list[G2PChunk]:
+        procs = self._g2p_procs
+        if procs is None:
+            return self.phonemize(text, lang)
+        self.pipeline(lang)  # a language this host cannot speak fails as it does here
+        rewritten = self.rewrite(text, lang.strip().lower()) if self.rewrite else text
+        try:
+            chunks = procs.submit(rewritten, lang.strip().lower()).result()
+        except BrokenProcessPool as exc:
+            if self._g2p_procs is procs:
+                self._g2p_procs = None
+                log.error("G2P processes failed (%s); G2P runs in the daemon from now on", exc)
+            return self.phonemize(text, lang)
+        except Exception:  # what misaki raises for this text: the daemon's G2P says it
+            return self.phonemize(text, lang)
+        return [G2PChunk(ph, tokens) for ph, tokens in chunks]
 
     def synthesize(
         self,
@@ -487,12 +530,14 @@ class Engine:
     ) -> list[G2PChunk]:
         """The request's phonemes: those started ahead if they are done; else G2P now.
 
-        A G2P job not yet started is taken back and done here rather than waited for: the
-        G2P thread serves every call in arrival order, and a first segment must not wait
-        behind other calls' later ones.
+        A G2P job not yet started is taken back and done here rather than waited for, so
+        a segment never waits behind other calls' G2P; with G2P processes it is waited
+        for, first segments being first in their queue.
         """
-        if ahead is not None and (ahead.done() or not ahead.cancel()):
-            return ahead.result()  # done, or running now: a few milliseconds at most
+        if ahead is not None and (ahead.done() or self._g2p_procs or not ahead.cancel()):
+            # Done, or running now (a few milliseconds at most), or queued for a G2P
+            # process: waiting for it releases the GIL that G2P here would hold.
+            return ahead.result()
         return self.phonemize(text, lang)
 
     def _one(self, req: Request) -> Synthesis | Exception:

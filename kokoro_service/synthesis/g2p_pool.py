@@ -22,14 +22,19 @@ T = TypeVar("T")
 
 
 class PriorityG2P:
-    """A single worker thread taking urgent jobs first; started on first use."""
+    """Worker threads taking urgent jobs first; started on first use.
 
-    def __init__(self, name: str = "g2p") -> None:
+    One thread by default (misaki is not thread-safe); one per G2P process when the jobs
+    only hand work to processes (:mod:`.g2p_procs`) and wait for it.
+    """
+
+    def __init__(self, name: str = "g2p", threads: int = 1) -> None:
         self._name = name
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._wanted = threads
 
     def submit(self, fn: Callable[[], T], *, urgent: bool = False) -> Future[T]:
         future: Future[T] = Future()
@@ -46,9 +51,11 @@ class PriorityG2P:
 
         with self._cond:
             heapq.heappush(self._heap, (0 if urgent else 1, next(self._seq), job))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+            while len(self._threads) < self._wanted:
+                name = f"{self._name}-{len(self._threads)}"
+                thread = threading.Thread(target=self._run, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
             self._cond.notify()
         return future
 
