@@ -17,7 +17,10 @@
 # real architecture, hence the real work per frame of audio, and is built to speak at the
 # real voices' rate (the result's text_chars_per_audio_s shows it); the result's "weights"
 # field says which ran.
-# Knobs for a dry run elsewhere: DEVICE (cuda), SIZE (full), NS, BUDGET_S, PYTHON.
+# Both batching policies run in one sweep (MODES), and each mode's --trace-file lands in
+# OUT/<mode>/trace.jsonl: `python -m benchmarks.lib.simdevice OUT/batched/trace.jsonl NAME`
+# fits the simulated device's calibration from it, to commit beside the JSON.
+# Knobs for a dry run elsewhere: DEVICE (cuda), SIZE (full), NS, MODES, BUDGET_S, PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -27,6 +30,7 @@ WHEELS=${WHEELS:-shared/wheels}
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-full}
 NS=${NS:-1,2,4,8,16,32,64,128,256,512}
+MODES=${MODES:-batch1,batched-fill,batched}
 WORK=$(mktemp -d /tmp/kokoro-density.XXXXXX)
 RESULT=${OUT:-$WORK}
 mkdir -p "$RESULT"
@@ -67,7 +71,7 @@ fi
 left=$((BUDGET_S - (SECONDS - start)))
 echo "$((SECONDS - start)) s spent on set-up; $left s left for the sweep" >&2
 rc=0
-timeout -k 30 "$left" "$PY" -m benchmarks.density --device "$DEVICE" --ns "$NS" \
+timeout -k 30 "$left" "$PY" -m benchmarks.density --device "$DEVICE" --ns "$NS" --modes "$MODES" \
     --model-dir "$WORK/checkpoint" --budget-s "$((left > 150 ? left - 90 : 60))" \
     --call-timeout 60 --log-dir "$RESULT" --out "$RESULT/density.json" "$@" \
     > /dev/null 2> >(tee "$RESULT/density.log" >&2) || rc=$?

@@ -187,3 +187,47 @@ class SimulatedEngine(Engine):
         reps = -(-samples // len(self._noise))
         audio = self._noise[:samples] if reps == 1 else np.tile(self._noise, reps)[:samples]
         return Synthesis(audio, seconds, " / ".join(c.phonemes for c in chunks))
+
+
+def fit_calibration(records: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
+    """A calibration fitted to a daemon's ``--trace-file`` from a real device: least
+    squares of each batch's forward time on its size times its longest item in frames.
+
+    The frames come from each segment's audio seconds; the speaking rate from its
+    characters (phonemes are about one per character in English: 806 for 793 in
+    density.py's replies), so the simulator speaks as long as the traced device did.
+    """
+    batches: dict[float, list[dict[str, Any]]] = {}
+    for r in records:
+        batches.setdefault(r["start"], []).append(r)
+    xs, ys = [], []
+    for items in batches.values():
+        longest = max(r["audio_s"] for r in items) * SAMPLE_RATE / SAMPLES_PER_FRAME
+        xs.append(len(items) * longest)
+        ys.append(items[0]["end"] - items[0]["start"])
+    n = len(xs)
+    if n < 2 or len(set(xs)) < 2:
+        raise ValueError("the trace needs batches of at least two different shapes")
+    mx, my = sum(xs) / n, sum(ys) / n
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    slope = max(0.0, slope)
+    audio = sum(r["audio_s"] for r in records)
+    return {
+        "name": name,
+        "kind": "trace",
+        "model": {
+            "fixed_s": round(max(0.0, my - slope * mx), 6),
+            "per_item_frame_s": round(slope, 9),
+            "phonemes_per_audio_s": round(sum(r["chars"] for r in records) / audio, 2),
+        },
+        "derivation": [f"least squares over {n} batches of a --trace-file"],
+    }
+
+
+if __name__ == "__main__":  # python -m benchmarks.lib.simdevice TRACE NAME > calibration.json
+    import sys
+
+    lines = Path(sys.argv[1]).read_text(encoding="utf-8").splitlines()
+    print(json.dumps(fit_calibration([json.loads(ln) for ln in lines], sys.argv[2]), indent=2))

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import density
 from benchmarks.density import streams_at_target
-from benchmarks.lib.simdevice import DEFAULT_CALIBRATION, Calibration
+from benchmarks.lib.simdevice import DEFAULT_CALIBRATION, Calibration, fit_calibration
 
 FIXED = 0.03
 
@@ -87,3 +87,22 @@ def test_old_and_new_policy_on_a_simulated_device(
     first = json.loads(trace.read_text(encoding="utf-8").splitlines()[0])
     assert first["cut"] <= first["claimed"] <= first["start"] <= first["end"]
     assert first["end"] <= first["delivered"]
+
+
+def test_a_calibration_is_fitted_back_from_a_trace() -> None:
+    # A device that took 80 ms a pass plus 30 us per item-frame, as a trace records it.
+    records = []
+    for k, (size, audio_s) in enumerate([(1, 2.0), (1, 4.0), (4, 3.0), (16, 2.5), (8, 5.0)]):
+        frames = audio_s * 40
+        seconds = 0.08 + 3e-5 * size * frames
+        start = 10.0 * k
+        records += [
+            {"start": start, "end": start + seconds, "audio_s": audio_s, "chars": 12.5 * audio_s}
+            for _ in range(size)
+        ]
+    fitted = fit_calibration(records, "fake")["model"]
+    assert fitted["fixed_s"] == pytest.approx(0.08, abs=1e-5)
+    assert fitted["per_item_frame_s"] == pytest.approx(3e-5, rel=1e-3)
+    assert fitted["phonemes_per_audio_s"] == pytest.approx(12.5)
+    with pytest.raises(ValueError, match="two different shapes"):
+        fit_calibration(records[:1], "one")
