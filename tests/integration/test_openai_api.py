@@ -192,3 +192,33 @@ def test_a_client_that_leaves_mid_stream_frees_its_call(ops: Callable[..., Ops])
     )
     # The daemon cut 200 sentence segments; it stopped at the first frame it could not send.
     assert synthesized is not None and synthesized < 100
+
+
+def _request_id(o: Ops, path: str, given: str | None = None) -> tuple[int, str | None]:
+    host, port = o.base.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", path, headers={"x-request-id": given} if given else {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("x-request-id")
+    finally:
+        conn.close()
+
+
+def test_every_response_carries_a_request_id(ops: Callable[..., Ops]) -> None:
+    o = ops()
+    status, rid = _request_id(o, "/healthz")
+    assert status == 200 and rid is not None and len(rid) == 32  # a new one
+    assert _request_id(o, "/healthz")[1] != rid, "one per request"
+    assert _request_id(o, "/nowhere")[0] == 404 and _request_id(o, "/nowhere")[1]
+    assert _request_id(o, "/v1/voices", "req_abc-123.4") == (200, "req_abc-123.4")
+    status, replaced = _request_id(o, "/healthz", "x" * 200)  # too long: never echoed
+    assert replaced is not None and len(replaced) == 32
+    status, replaced = _request_id(o, "/healthz", "a b")  # not plain: never echoed
+    assert replaced is not None and replaced != "a b"
+    # What OpenAI's client reads on the speech endpoint itself.
+    raw = client(o).audio.speech.with_raw_response.create(
+        model="kokoro", voice="af_sky", input=TEXT, response_format="pcm"
+    )
+    assert raw.status_code == 200 and len(raw.headers["x-request-id"]) == 32

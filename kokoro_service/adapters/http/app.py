@@ -11,6 +11,8 @@ with a reason a person can read.
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kokoro_service.adapters.http import openai
 from kokoro_service.config import Settings, is_loopback
@@ -63,7 +65,7 @@ def create_app(
             ),
         ]
     )
-    return AllowList(app, settings.peer_allowed)
+    return RequestId(AllowList(app, settings.peer_allowed))
 
 
 def speech_gate(settings: Settings) -> Callable[[str], str | None]:
@@ -112,3 +114,32 @@ class AllowList:
             await PlainTextResponse("not in --allow\n", status_code=403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+# What a client's own request id may be: short and plain, so it can go back in a header and
+# into a log line as it is.  Anything else is replaced, never echoed.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestId:
+    """ASGI middleware: every response carries ``x-request-id``, the client's own where it
+    sent a plain one, else a new one.  OpenAI's clients (LiveKit's plugin among them) read
+    it, and warn on every response without it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
