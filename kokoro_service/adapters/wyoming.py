@@ -187,7 +187,9 @@ class _Request:
         # characters always fit (UTF-8 takes at most 4 bytes a character), and the
         # segmenter joins them again.
         if not text:
-            return  # nothing to say; an empty TEXT frame is not a frame the wire has
+            # An empty chunk says nothing, and the wire has no empty TEXT frame; it would
+            # also make ``step`` 0, which range() refuses (a crash, once).
+            return
         fits = len(text.encode("utf-8")) <= self.max_text
         step = len(text) if fits else max(1, self.max_text // 4)
         for i in range(0, len(text), step):
@@ -299,7 +301,22 @@ class WyomingHandler(AsyncEventHandler):
             if self._streaming is not None:
                 return  # a streaming client's copy of the text it is streaming
             text = _text(event)
-            request = await self._open(_voice(event))
+            voice = _voice(event)
+            if not text.strip():
+                # Nothing to speak: answer no audio at once, as a call would, without
+                # taking a call (a full instance would answer `busy`, and no audio-stop
+                # that Home Assistant waits for).
+                self._bad.info(
+                    f"blank:{self.peer.rsplit(':', 1)[0]}",
+                    "wyoming synthesize with no text peer=%s: empty audio",
+                    self.peer,
+                )
+                await self.write_event(
+                    AudioStart(rate=SAMPLE_RATE, width=_WIDTH, channels=1).event()
+                )
+                await self.write_event(AudioStop().event())
+                return
+            request = await self._open(voice)
             if request is not None:
                 await request.text(text)
                 await self._finish(request)

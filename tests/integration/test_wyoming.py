@@ -52,16 +52,18 @@ def _pcm_samples(events: list[Event]) -> int:
     return sum(len(e.payload or b"") // 2 for e in events if e.type == "audio-chunk")
 
 
+def _samples_of(engine: Engine, texts: list[str]) -> int:
+    """The samples the engine speaks ``texts`` in, cut as the daemon cuts them."""
+    spoken = (engine.synthesize(t, voice="af_sky", lang="a") for t in segments(texts))
+    return sum(len(s.audio) for s in spoken if s.audio is not None)
+
+
 def test_wyoming_describe_synthesize_and_stream(
     daemon: DaemonFactory, engine: Engine, wyoming: WyomingFactory
 ) -> None:
     server = daemon()
     wy = wyoming(server)
-    want = sum(
-        len(s.audio)
-        for s in (engine.synthesize(t, voice="af_sky", lang="a") for t in segments(TEXTS))
-        if s.audio is not None
-    )
+    want = _samples_of(engine, TEXTS)
 
     async def talk() -> None:
         async with AsyncTcpClient(*wy.address) as client:
@@ -186,6 +188,10 @@ def test_a_full_instance_tells_a_wyoming_client_it_is_busy(
 
         async def refused() -> Event:
             async with AsyncTcpClient(*wy.address) as client:
+                # Blank text takes no call: no audio, not `busy`.
+                await client.write_event(Synthesize(text=" ").event())
+                blank = await _events_until(client, "audio-stop")
+                assert [e.type for e in blank] == ["audio-start", "audio-stop"]
                 await client.write_event(Synthesize(text="Okay.").event())
                 return (await _events_until(client, "error"))[-1]
 
@@ -195,3 +201,83 @@ def test_a_full_instance_tells_a_wyoming_client_it_is_busy(
         "kokoro_calls_refused_total", {"reason": "busy"}
     )
     assert busy == 1 and server.calls.opened == 1
+
+
+async def _served_after(client: AsyncTcpClient) -> None:
+    """The same connection still speaks a normal request in full."""
+    await client.write_event(Synthesize(text="Okay.").event())
+    events = await _events_until(client, "audio-stop")
+    assert events[0].type == "audio-start" and _pcm_samples(events) > 0
+    assert "error" not in {e.type for e in events}
+
+
+@pytest.mark.parametrize("text", ["", "   ", " \n\t "], ids=["empty", "spaces", "whitespace"])
+def test_wyoming_blank_text_is_an_empty_audio_pair(
+    daemon: DaemonFactory, logs: LogCapture, wyoming: WyomingFactory, text: str
+) -> None:
+    # Home Assistant waits for audio-stop: nothing to say is said as no audio, not a
+    # crash, an EOF or an error it would wait past.
+    server = daemon()
+    wy = wyoming(server)
+
+    async def talk() -> list[str]:
+        async with AsyncTcpClient(*wy.address) as client:
+            await client.write_event(Synthesize(text=text).event())
+            events = await _events_until(client, "audio-stop")
+            assert server.calls.opened == 0  # answered without a call
+            await _served_after(client)
+            return [e.type for e in events]
+
+    assert asyncio.run(talk()) == ["audio-start", "audio-stop"]
+    assert server.calls.opened == 1 and logs.has("wyoming synthesize with no text")
+    assert wait_for(lambda: len(server.calls) == 0), "a call lingers"
+    assert not logs.has("wyoming handler crashed")
+
+
+def test_wyoming_stream_of_empty_chunks_is_an_empty_audio_pair(
+    daemon: DaemonFactory, logs: LogCapture, wyoming: WyomingFactory
+) -> None:
+    server = daemon()
+    wy = wyoming(server)
+
+    async def talk() -> list[str]:
+        async with AsyncTcpClient(*wy.address) as client:
+            await client.write_event(SynthesizeStart(voice=SynthesizeVoice("af_sky")).event())
+            for piece in ("", "  ", "", "\n"):
+                await client.write_event(SynthesizeChunk(text=piece).event())
+            await client.write_event(Synthesize(text="").event())  # HA's copy for old servers
+            await client.write_event(SynthesizeStop().event())
+            events = await _events_until(client, "synthesize-stopped")
+            await _served_after(client)
+            return [e.type for e in events]
+
+    assert asyncio.run(talk()) == ["audio-start", "audio-stop", "synthesize-stopped"]
+    assert wait_for(lambda: len(server.calls) == 0), "a call lingers"
+    assert not logs.has("wyoming handler crashed")
+
+
+def test_wyoming_empty_chunks_within_a_stream_lose_no_audio(
+    daemon: DaemonFactory, engine: Engine, logs: LogCapture, wyoming: WyomingFactory
+) -> None:
+    server = daemon()
+    wy = wyoming(server)
+    want = _samples_of(engine, TEXTS)
+
+    async def talk() -> list[Event]:
+        async with AsyncTcpClient(*wy.address) as client:
+            await client.write_event(SynthesizeStart(voice=SynthesizeVoice("af_sky")).event())
+            pieces = ("", "Thanks for call", "", "ing Acme Dental. How can I ", "")
+            for piece in (*pieces, "help you today?", ""):
+                await client.write_event(SynthesizeChunk(text=piece).event())
+            await client.write_event(SynthesizeStop().event())
+            events = await _events_until(client, "synthesize-stopped")
+            await _served_after(client)
+            return events
+
+    events = asyncio.run(talk())
+    types = [e.type for e in events]
+    assert types[0] == "audio-start" and types[-2:] == ["audio-stop", "synthesize-stopped"]
+    assert set(types[1:-2]) == {"audio-chunk"}
+    assert _pcm_samples(events) == want
+    assert wait_for(lambda: len(server.calls) == 0), "a call lingers"
+    assert not logs.has("wyoming handler crashed")
