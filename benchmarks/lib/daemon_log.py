@@ -57,3 +57,27 @@ def parse_daemon_log(lines: Sequence[str]) -> dict[str, Any]:
         out["first_segment_synth_s"] = summary(firsts)
         out["first_segment_synth_list"] = firsts
     return out
+
+
+# How the daemon's log says it ran out of descriptors (asyncio, our own lines, OSError).
+EMFILE_MARKS = ("Too many open files", "EMFILE", "Errno 24")
+_LOUD = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback", *EMFILE_MARKS)
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+
+
+def log_load(lines: Sequence[str], sample: int = 5) -> dict[str, Any]:
+    """How much ``lines`` weigh (bytes, lines), how many say the daemon ran out of
+    descriptors, and the first ``sample`` distinct warnings and errors, undated."""
+    loud: list[str] = []
+    for line in lines:
+        text = _STAMP.sub("", line)[:300]
+        if text not in loud and any(m in line for m in _LOUD):
+            loud.append(text)
+            if len(loud) >= sample:
+                break
+    return {
+        "log_bytes": sum(len(ln.encode()) + 1 for ln in lines),
+        "log_lines": len(lines),
+        "log_emfile_lines": sum(any(m in ln for m in EMFILE_MARKS) for ln in lines),
+        "log_sample": loud[:sample],
+    }
