@@ -29,12 +29,6 @@ class BatchCost:
     def seconds(self, size: int, longest: int) -> float:
         return self.fixed + self.per_char * size * longest
 
-    def largest_work(self, bound: float) -> float:
-        """The padded work (size times longest, in characters) that fits in ``bound``."""
-        if self.per_char <= 0:
-            return float("inf")
-        return max(0.0, (bound - self.fixed) / self.per_char)
-
 
 class BatchClock:
     """Measured batch times, and the cost model fitted to them.  Thread-safe."""
@@ -48,7 +42,7 @@ class BatchClock:
     def record(self, size: int, longest: int, seconds: float) -> None:
         """One batch of ``size`` segments, the longest ``longest`` characters, took
         ``seconds`` from the engine's call to its return."""
-        if size < 1 or longest < 1 or seconds <= 0:
+        if size < 1 or longest < 1 or not seconds > 0:  # NaN too
             return
         with self._lock:
             self._samples.append((float(size * longest), seconds))

@@ -152,7 +152,7 @@ class Scheduler:
         """
         with self._cond:
             dropped = len(work.pending)
-            work.pending.clear()
+            _drop(work.pending)
             work.pending_chars = 0
             work.generation += 1
             return dropped, work.generation
@@ -179,7 +179,7 @@ class Scheduler:
                 return None
             work.finished = True
             dropped = len(work.pending)
-            work.pending.clear()
+            _drop(work.pending)
             work.pending_chars = 0
             work.generation += 1
             self._cond.notify_all()
@@ -320,3 +320,12 @@ def _joins(
     if jobs[0][1].first:
         return False  # keep the pass that first segments wait for short
     return cost.seconds(len(jobs) + 1, size) <= bound
+
+
+def _drop(pending: collections.deque[Segment]) -> None:
+    """Forget queued segments, and their G2P if it has not started: a peer that cancels
+    again and again must not queue G2P work nobody will read."""
+    for segment in pending:
+        if segment.phonemes is not None:
+            segment.phonemes.cancel()
+    pending.clear()

@@ -90,6 +90,9 @@ class Worker:
                     wanted.append((call, segment))
                 else:  # cancelled, or no destination left, while it waited
                     finished.append((call, segment))
+            for _, seg in finished:  # their G2P is no longer wanted
+                if seg.phonemes is not None:
+                    seg.phonemes.cancel()
             for call, seg in finished:  # free their calls now, not after the batch
                 self.calls.segment_done(call, seg)
             if wanted:
@@ -102,8 +105,11 @@ class Worker:
                 results = self._synthesize(requests, wanted)
                 end = time.monotonic()
                 # What the latency policy cuts batches by: this device's measured times.
-                longest = max(len(r.text) for r in requests)
-                self.scheduler.clock.record(len(requests), longest, end - start)
+                # Only passes that made audio: a batch that failed, or had nothing to
+                # speak, says nothing of what the device takes.
+                if any(isinstance(r, Synthesis) and r.audio is not None for r in results):
+                    longest = max(len(r.text) for r in requests)
+                    self.scheduler.clock.record(len(requests), longest, end - start)
                 for (call, seg), result in zip(wanted, results, strict=True):
                     self._deliver(call, seg, result)
                     if self.trace is not None:

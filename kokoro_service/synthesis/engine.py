@@ -168,6 +168,11 @@ class _Bf16Decoder(torch.nn.Module):
         return out.float()
 
 
+# How long a G2P process may take for one segment before the daemon does it itself (a
+# stuck or swapped-out process must not hold a batch; a segment takes milliseconds).
+_G2P_PROCESS_WAIT = 5.0
+
+
 class Engine:
     """Owns the one shared ``KModel``, a ``KPipeline`` (misaki G2P) per language, and voices.
 
@@ -386,11 +391,12 @@ class Engine:
         self._g2p_pool = PriorityG2P(threads=processes)
         log.info("G2P in %d process(es), ready in %.1fs", processes, time.perf_counter() - t0)
 
-    def close(self) -> None:
-        """Stop the G2P processes, if any (the model needs no closing)."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the G2P processes, if any (the model needs no closing); without ``wait``
+        they are left to end on their own (they leave when the daemon is gone)."""
         procs, self._g2p_procs = self._g2p_procs, None
         if procs is not None:
-            procs.close()
+            procs.close(wait=wait)
 
     def _phonemize_ahead(self, text: str, lang: str) -> list[G2PChunk]:
         procs = self._g2p_procs
@@ -399,13 +405,14 @@ class Engine:
         self.pipeline(lang)  # a language this host cannot speak fails as it does here
         rewritten = self.rewrite(text, lang.strip().lower()) if self.rewrite else text
         try:
-            chunks = procs.submit(rewritten, lang.strip().lower()).result()
+            chunks = procs.submit(rewritten, lang.strip().lower()).result(_G2P_PROCESS_WAIT)
         except BrokenProcessPool as exc:
             if self._g2p_procs is procs:
                 self._g2p_procs = None
+                procs.close(wait=False)
                 log.error("G2P processes failed (%s); G2P runs in the daemon from now on", exc)
             return self.phonemize(text, lang)
-        except Exception:  # what misaki raises for this text: the daemon's G2P says it
+        except Exception:  # misaki's error for this text, or a stuck process: G2P here
             return self.phonemize(text, lang)
         return [G2PChunk(ph, tokens) for ph, tokens in chunks]
 
@@ -530,15 +537,14 @@ class Engine:
     ) -> list[G2PChunk]:
         """The request's phonemes: those started ahead if they are done; else G2P now.
 
-        A G2P job not yet started is taken back and done here rather than waited for, so
-        a segment never waits behind other calls' G2P; with G2P processes it is waited
-        for, first segments being first in their queue.
+        A G2P job not yet started is taken back and done now rather than waited for, so
+        a segment never waits behind other calls' G2P.
         """
-        if ahead is not None and (ahead.done() or self._g2p_procs or not ahead.cancel()):
-            # Done, or running now (a few milliseconds at most), or queued for a G2P
-            # process: waiting for it releases the GIL that G2P here would hold.
-            return ahead.result()
-        return self.phonemize(text, lang)
+        if ahead is not None and (ahead.done() or not ahead.cancel()):
+            return ahead.result()  # done, or running now: a few milliseconds at most
+        # Not started: taken back, so it waits behind no other call's G2P.  With G2P
+        # processes it still goes to one (waiting there releases the GIL).
+        return self._phonemize_ahead(text, lang)
 
     def _one(self, req: Request) -> Synthesis | Exception:
         try:

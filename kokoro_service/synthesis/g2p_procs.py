@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -56,6 +57,10 @@ def _word(token: Any) -> WordToken:
 
 def _child_start(parent: int) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the hub, as in the daemon
+    # systemd's stop and a terminal's Ctrl-C signal the whole group: the daemon drains
+    # with these processes and closes them itself, so they ignore both.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A pool's processes outlive a daemon that is killed or leaves through os._exit: the
     # queue they wait on stays open in the other processes (measured: five of them, 550 MB
     # each, idle for half an hour).  So each one leaves as soon as its parent is gone.
@@ -96,6 +101,7 @@ class G2PProcesses:
         for job in jobs:
             job.result(timeout)
 
-    def close(self) -> None:
-        """Stop the processes and wait for them (a job in hand takes milliseconds)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the processes; with ``wait``, wait for them (a job in hand takes
+        milliseconds), else leave them to end on their own."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)

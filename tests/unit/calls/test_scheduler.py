@@ -94,3 +94,19 @@ def test_stop_releases_waiting_workers() -> None:
     s.stop()
     assert s.next_job(5.0) is None
     assert s.stopped
+
+
+def test_dropped_segments_give_up_their_g2p() -> None:
+    from concurrent.futures import Future
+
+    from kokoro_service.synthesis.engine import G2PChunk
+
+    s = Scheduler()
+    a = work("a")
+    s.add(a)
+    ahead: list[Future[list[G2PChunk]]] = [Future(), Future()]
+    s.submit(
+        a, [Segment(t, "af_sky", "a", 1.0, 0, False, f) for t, f in zip("xy", ahead, strict=True)]
+    )
+    s.cancel(a)
+    assert all(f.cancelled() for f in ahead), "nobody will read their phonemes"
