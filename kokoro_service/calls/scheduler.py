@@ -9,11 +9,11 @@ keeps every player fed when calls compete for the cores.
 Latency first (the default policy): a batch is cut where its predicted time, from the
 batches already measured (:class:`.batchtime.BatchClock`), would pass ``bound_factor``
 times a lone segment's measured time.  A first segment that arrives while such a batch
-runs waits at most that long, however many calls are speaking.  A batch that holds first
-segments takes no other work but what cannot wait, so their own pass stays short.  A
-segment still joins past the bound when it is a first segment, or when its call's player
-would run dry before the next batch could bring it audio: throughput gives way to first
-audio, never to a stall.
+runs waits at most that long, however many calls are speaking, unless urgent work made the
+batch longer.  A batch that holds first segments takes no other work but what cannot wait,
+so their own pass stays short.  A segment still joins past the bound when it is a first
+segment, or when its call's player would run dry within ``URGENT_MARGIN`` of the time this
+batch and the next could take: throughput gives way to first audio, never to a stall.
 The ``fill`` policy (the earlier one) fills every batch up to ``--max-batch``.
 """
 
