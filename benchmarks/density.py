@@ -62,6 +62,7 @@ from benchmarks.lib.harness import (
     Guard,
     host_facts,
     log,
+    proc_ticks,
     rounded,
     strict_json,
     summary,
@@ -471,8 +472,7 @@ def summarize_n(n: int, rounds: Sequence[Round], target: float) -> dict[str, Any
 
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user and system) that process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return proc_ticks(pid) / os.sysconf("SC_CLK_TCK")
 
 
 def control_plane(row: dict[str, Any], cpu_s: float) -> dict[str, Any]:

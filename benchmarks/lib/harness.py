@@ -163,7 +163,7 @@ def git_commit() -> str | None:
     return None
 
 
-def _proc_ticks(pid: int) -> int:
+def proc_ticks(pid: int) -> int:
     """utime + stime of a process (all its threads), in clock ticks; 0 if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
@@ -193,7 +193,7 @@ class CpuMeter:
             vals = [int(v) for v in fh.readline().split()[1:]]
         idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
         total = sum(vals[:8])
-        own = sum(_proc_ticks(pid) for pid in self.pids)
+        own = sum(proc_ticks(pid) for pid in self.pids)
         return CpuSample(total - idle, total, own, time.monotonic())
 
     @staticmethod

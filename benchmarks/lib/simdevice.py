@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from kokoro_service.calls.batchtime import fit_cost
 from kokoro_service.errors import SynthesisError, VoiceError
 from kokoro_service.synthesis.engine import Engine, G2PChunk, Request, Synthesis, WarmUp
 from kokoro_service.synthesis.models.sources import ModelSource
@@ -205,24 +206,19 @@ def fit_calibration(records: Sequence[dict[str, Any]], name: str) -> dict[str, A
         longest = max(r["audio_s"] for r in items) * SAMPLE_RATE / SAMPLES_PER_FRAME
         xs.append(len(items) * longest)
         ys.append(items[0]["end"] - items[0]["start"])
-    n = len(xs)
-    if n < 2 or len(set(xs)) < 2:
-        raise ValueError("the trace needs batches of at least two different shapes")
-    mx, my = sum(xs) / n, sum(ys) / n
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mx) ** 2 for x in xs
-    )
-    slope = max(0.0, slope)
+    cost = fit_cost(list(zip(xs, ys, strict=True)))
+    if cost is None:
+        raise ValueError("the trace needs four batches or more, of two different shapes")
     audio = sum(r["audio_s"] for r in records)
     return {
         "name": name,
         "kind": "trace",
         "model": {
-            "fixed_s": round(max(0.0, my - slope * mx), 6),
-            "per_item_frame_s": round(slope, 9),
+            "fixed_s": round(cost.fixed, 6),
+            "per_item_frame_s": round(cost.per_char, 9),
             "phonemes_per_audio_s": round(sum(r["chars"] for r in records) / audio, 2),
         },
-        "derivation": [f"least squares over {n} batches of a --trace-file"],
+        "derivation": [f"least squares over {len(xs)} batches of a --trace-file"],
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Enough recent batches to average out noise, few enough to follow a change of load.
@@ -48,7 +49,7 @@ class BatchClock:
             self._samples.append((float(size * longest), seconds))
             if size == 1:
                 self._lone.append(seconds)
-            self._cost = _fit(self._samples)
+            self._cost = fit_cost(self._samples)
 
     @property
     def cost(self) -> BatchCost | None:
@@ -64,8 +65,10 @@ class BatchClock:
             return ordered[len(ordered) // 2]
 
 
-def _fit(samples: collections.deque[tuple[float, float]]) -> BatchCost | None:
-    """Least squares of seconds on padded work; None while the work does not vary."""
+def fit_cost(samples: Sequence[tuple[float, float]]) -> BatchCost | None:
+    """Least squares of seconds on padded work, (work, seconds) pairs; None with fewer
+    than four of them or while the work does not vary.  The simulated device's
+    calibration is fitted by the same function (``benchmarks/lib/simdevice.py``)."""
     n = len(samples)
     if n < _MIN_SAMPLES:
         return None
