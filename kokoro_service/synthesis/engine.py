@@ -36,6 +36,7 @@ from kokoro_service.errors import (
 from kokoro_service.synthesis.devices import bf16_unavailable
 from kokoro_service.synthesis.g2p_pool import PriorityG2P
 from kokoro_service.synthesis.g2p_procs import G2PProcesses
+from kokoro_service.synthesis.languages import LANG_CODES, new_pipeline, unavailable
 from kokoro_service.synthesis.models.architecture import REPO_ID, new_kmodel
 from kokoro_service.synthesis.models.sources import ModelSource
 from kokoro_service.synthesis.voices import VoiceTable
@@ -50,8 +51,6 @@ try:  # kokoro narrates every call through loguru at DEBUG; our own log lines sa
 except ImportError:  # pragma: no cover - kokoro depends on loguru
     pass
 
-# kokoro's own language codes; j and z need misaki extras that are not installed by default.
-LANG_CODES = ("a", "b", "e", "f", "h", "i", "p", "j", "z")
 _WARMUP_TEXTS = (
     "Yes.",
     "Hello, thanks for calling. How can I help you today?",
@@ -315,16 +314,17 @@ class Engine:
         """The quiet (G2P-only) KPipeline for ``lang``, created on first use.
 
         Building one loads a lexicon and a spaCy model (seconds).  Only callers asking for
-        that same language wait for it: calls speaking a loaded language never do.
+        that same language wait for it: calls speaking a loaded language never do.  Each
+        language's G2P is chosen in :mod:`.languages`.
         """
-        from kokoro import KPipeline
-
         lang = lang.strip().lower()
         pipe = self._pipelines.get(lang)
         if pipe is not None:
             return pipe
         if lang not in LANG_CODES:
-            raise VoiceError(f"unknown language {lang!r}; kokoro knows {', '.join(LANG_CODES)}")
+            raise VoiceError(
+                f"unknown language {lang[:16]!r}; kokoro knows {', '.join(LANG_CODES)}"
+            )
         with self._pipelines_lock:
             building = self._building.setdefault(lang, threading.Lock())
         with building:
@@ -334,8 +334,12 @@ class Engine:
             failed = self._failed.get(lang)
             if failed is not None:  # a peer repeating a missing language costs nothing more
                 raise VoiceError(failed)
+            missing = unavailable(lang)
+            if missing is not None:  # a missing extra stays missing
+                self._failed[lang] = f"language {lang!r} is unavailable here: {missing}"
+                raise VoiceError(self._failed[lang])
             try:
-                pipe = KPipeline(lang_code=lang, repo_id=REPO_ID, model=False)
+                pipe = new_pipeline(lang, REPO_ID)
             except (ImportError, OSError, RuntimeError, ValueError) as exc:
                 why = f"language {lang!r} is unavailable here: {exc}"
                 if isinstance(exc, ImportError):  # a missing extra stays missing

@@ -40,10 +40,10 @@ Chunks = list[tuple[str, tuple[WordToken, ...] | None]]
 def _child_g2p(repo_id: str, lang: str, text: str) -> Chunks:
     """In a worker process: misaki's phonemes and tokens for ``text``, chunk by chunk."""
     pipe = _PIPELINES.get(lang)
-    if pipe is None:
-        from kokoro import KPipeline
+    if pipe is None:  # the engine's choice of G2P for the language (Japanese: not misaki's)
+        from kokoro_service.synthesis.languages import new_pipeline
 
-        pipe = _PIPELINES[lang] = KPipeline(lang_code=lang, repo_id=repo_id, model=False)
+        pipe = _PIPELINES[lang] = new_pipeline(lang, repo_id)
     return [
         (r.phonemes, tuple(_word(t) for t in r.tokens) if r.tokens else None)
         for r in pipe(text, voice=None, split_pattern=None)
