@@ -33,6 +33,7 @@ from kokoro_service.config import (
     env_var,
     option_name,
     parse_networks,
+    parse_voice_aliases,
     range_text,
 )
 from kokoro_service.errors import ConfigError, KokoroServiceError
@@ -70,7 +71,7 @@ def _click_type(f: dataclasses.Field[Any]) -> Any:
         return float
     if kind.startswith("Path"):
         return click.Path(path_type=Path, file_okay=not meta["directory"])
-    return str  # strings, and --allow, which Settings' parser reads
+    return str  # strings, and --allow and --voice-alias, which their parsers read
 
 
 # Old names of options, still read: each logs a deprecation at start-up.
@@ -113,6 +114,8 @@ def settings_from_options(**kw: Any) -> Settings:
     given = {k: v for k, v in kw.items() if v is not None}
     if "allow" in given:
         given["allow"] = parse_networks(given["allow"])
+    if "voice_alias" in given:
+        given["voice_alias"] = parse_voice_aliases(given["voice_alias"])
     if "log_level" in given:
         given["log_level"] = given["log_level"].lower()
     return Settings(**given)

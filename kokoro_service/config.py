@@ -73,6 +73,41 @@ def parse_networks(value: str) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
+VoiceAlias = tuple[str, str]
+_ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def parse_voice_aliases(value: str) -> tuple[VoiceAlias, ...]:
+    """``"alloy=af_alloy,sage=af_sky:0.7,af_bella:0.3"`` → ``(("alloy", "af_alloy"),
+    ("sage", "af_sky:0.7,af_bella:0.3"))``.
+
+    A comma-separated item without ``=`` continues the blend of the alias before it, so a
+    blend needs no quoting of its own.  Whether each target can be spoken is checked once
+    the model is loaded.
+    """
+    aliases: list[list[str]] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        name, eq, target = item.partition("=")
+        if not eq:
+            if not aliases:
+                raise ConfigError(f"{item!r} must follow NAME=", "voice_alias")
+            aliases[-1][1] += "," + item
+            continue
+        name, target = name.strip(), target.strip()
+        if not _ALIAS_NAME.fullmatch(name):
+            raise ConfigError(
+                f"alias {name!r} must be 1-64 letters, digits, '_', '.' or '-'", "voice_alias"
+            )
+        if not target:
+            raise ConfigError(f"alias {name!r} names no voice", "voice_alias")
+        if any(name == have for have, _ in aliases):
+            raise ConfigError(f"alias {name!r} is given twice", "voice_alias")
+        aliases.append([name, target])
+    return tuple((name, target) for name, target in aliases)
+
+
 def knob(
     default: Any,
     help: str,
@@ -163,6 +198,13 @@ class Settings:
         "Default voice or blend, e.g. af_sky or 'af_sky:0.7,af_bella:0.3'. Unset: af_sky, "
         "or a logged substitute where the model lacks it.",
         shown="af_sky",
+    )
+    voice_alias: tuple[VoiceAlias, ...] = knob(
+        tuple,
+        "Names the OpenAI-style API accepts for voices, as NAME=VOICE pairs, e.g. "
+        "'alloy=af_alloy,nova=af_sky:0.6,af_nova:0.4'. They add to, or replace, the "
+        "built-in aliases of OpenAI's voice names (docs/integrations/openai.md).",
+        shown="OpenAI's voice names",
     )
     lang: str = knob("a", "Default Kokoro language code.")
     speed: float = knob(

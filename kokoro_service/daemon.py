@@ -112,6 +112,11 @@ def load_engine(
         raise StartupError(str(exc)) from exc
     engine.rewrite = text_rewrite(settings, set(getattr(engine.model, "vocab", {})))
     voice = choose_voice(engine.voices, settings.voice, engine.source.description)
+    for alias, target in settings.voice_alias:  # a typo fails here, not at a caller's request
+        try:
+            engine.voices.check(target)
+        except VoiceError as exc:
+            raise StartupError(f"--voice-alias {alias}={target!r} cannot be used: {exc}") from exc
     check = choose_precision(engine, settings, voice)
     max_batch = settings.batch_limit(engine.device)
     if settings.g2p_processes and max_batch > 1:

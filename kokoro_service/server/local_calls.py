@@ -22,6 +22,8 @@ class LocalCalls:
     metrics: Metrics
     voices: Sequence[str]
     """The voice names the engine has."""
+    voice: str
+    """The daemon's default voice (or blend): what a call that names none speaks."""
     check_voice: Callable[[str], object]
     """Raises :class:`~kokoro_service.errors.VoiceError` for a voice or blend that
     cannot be spoken."""

@@ -164,6 +164,7 @@ class Server:
             settings=self.settings,
             metrics=self.metrics,
             voices=self.engine.voices.names,
+            voice=self.voice,
             check_voice=self.engine.voices.check,
             open=self.open_local_call,
         )

@@ -122,6 +122,15 @@ def test_unknown_default_voice_fails_startup(tiny_dir: Path) -> None:
     assert "voice 'nobody' cannot be used" in proc.stderr
 
 
+def test_an_alias_of_an_unknown_voice_fails_startup(tiny_dir: Path) -> None:
+    proc = run(
+        [str(BIN), "serve", "--model-dir", str(tiny_dir), "--tcp-port", "0", "--udp-port", "0"],
+        env={"KOKORO_VOICE_ALIAS": "alloy=af_sky,nova=nobody"},
+    )
+    assert proc.returncode == 3
+    assert "--voice-alias nova='nobody' cannot be used" in proc.stderr
+
+
 def test_missing_model_dir_fails_startup(tmp_path: Path) -> None:
     proc = run([str(BIN), "serve", "--model-dir", str(tmp_path / "nope")])
     assert proc.returncode == 3
