@@ -6,11 +6,17 @@ benchmarks/results/h200-2026-11-27-density-gpu.json) and a part that grows with 
 work.  :class:`BatchClock` fits those two numbers by least squares over the most recent
 batches, so the scheduler can cut a batch to a time bound on any device without a table of
 device speeds.  Until it has seen batches of two different sizes it predicts nothing.
+
+A lone segment's time, which the bound is a multiple of, is the median of lone passes when
+there were any.  A daemon started straight into sustained load may never run one: the fit
+then predicts it, for the median longest segment of recent batches (a little long, as a
+batch's longest is its longest, so the bound errs towards larger batches).
 """
 
 from __future__ import annotations
 
 import collections
+import collections.abc
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +44,7 @@ class BatchClock:
         self._lock = threading.Lock()
         self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=window)
         self._lone: collections.deque[float] = collections.deque(maxlen=window)
+        self._longest: collections.deque[int] = collections.deque(maxlen=window)
         self._cost: BatchCost | None = None
 
     def record(self, size: int, longest: int, seconds: float) -> None:
@@ -47,6 +54,7 @@ class BatchClock:
             return
         with self._lock:
             self._samples.append((float(size * longest), seconds))
+            self._longest.append(longest)
             if size == 1:
                 self._lone.append(seconds)
             self._cost = fit_cost(self._samples)
@@ -57,12 +65,19 @@ class BatchClock:
             return self._cost
 
     def lone_seconds(self) -> float | None:
-        """The median time of a recent lone segment: what a first segment's own pass costs."""
+        """What a first segment's own pass costs: the median recent lone pass, else the
+        fit's prediction for a lone segment of the median longest; None before either."""
         with self._lock:
-            if not self._lone:
+            if self._lone:
+                return _median(self._lone)
+            if self._cost is None:
                 return None
-            ordered = sorted(self._lone)
-            return ordered[len(ordered) // 2]
+            return self._cost.seconds(1, int(_median(self._longest)))
+
+
+def _median(values: collections.abc.Iterable[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def fit_cost(samples: Sequence[tuple[float, float]]) -> BatchCost | None:

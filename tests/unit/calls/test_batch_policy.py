@@ -101,9 +101,20 @@ def test_a_call_about_to_run_dry_joins_past_the_bound() -> None:
     assert len(s.next_batch(64, None, timeout=0)) == 40
 
 
-def test_no_bound_before_a_lone_segment_was_measured() -> None:
+def test_no_bound_before_any_batch_was_measured() -> None:
     s = Scheduler("latency", BatchClock())
     assert s.bound() is None  # a cold daemon serves as the fill policy would
+
+
+def test_sustained_load_without_a_lone_pass_still_gets_a_bound() -> None:
+    """A daemon started straight into load may never run a batch of one: the fit of its
+    batches predicts the lone pass, and the bound follows from that."""
+    clock = BatchClock()
+    for size in (8, 16, 32, 64, 12):
+        clock.record(size, CHARS, cost(size, CHARS))
+    assert clock.lone_seconds() == pytest.approx(cost(1, CHARS))
+    s = Scheduler("latency", clock)
+    assert s.bound() == pytest.approx(BOUND_FACTOR * cost(1, CHARS))
 
 
 def test_an_unknown_policy_is_refused() -> None:
