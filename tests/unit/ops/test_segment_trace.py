@@ -31,3 +31,19 @@ def test_a_failing_disk_ends_the_trace_with_one_line(caplog: pytest.LogCaptureFi
     assert [r.getMessage() for r in caplog.records if "stopped" in r.getMessage()] == [
         "--trace-file /dev/full stopped: [Errno 28] No space left on device"
     ]
+
+
+def test_the_trace_stops_at_its_size_limit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"call":"earlier run"}\n', encoding="utf-8")  # appended to: it counts
+    trace = SegmentTrace(path, max_bytes=100)
+    with caplog.at_level(logging.WARNING, logger="kokoro_service.ops.trace"):
+        for i in range(20):
+            trace.write({"call": str(i)})
+    assert path.stat().st_size <= 100
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 1 + 5  # 24 + 5 * 13 bytes
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--trace-file {path} stopped: it reached 100 bytes"
+    ]
