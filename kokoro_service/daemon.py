@@ -110,20 +110,26 @@ def load_engine(
         )
     except VoiceError as exc:  # the default language cannot be loaded
         raise StartupError(str(exc)) from exc
-    engine.rewrite = text_rewrite(settings, set(getattr(engine.model, "vocab", {})))
-    voice = choose_voice(engine.voices, settings.voice, engine.source.description)
-    for alias, target in settings.voice_alias:  # a typo fails here, not at a caller's request
-        try:
-            engine.voices.check(target)
-        except VoiceError as exc:
-            raise StartupError(f"--voice-alias {alias}={target!r} cannot be used: {exc}") from exc
-    check = choose_precision(engine, settings, voice)
-    max_batch = settings.batch_limit(engine.device)
-    if settings.g2p_processes and max_batch > 1:
-        engine.use_g2p_processes(settings.g2p_processes, settings.lang)
-    elif settings.g2p_processes:
-        log.warning("--g2p-processes is ignored with --max-batch 1: G2P runs in the workers")
-    warm = engine.warm_up(voice, settings.lang, max_batch) if settings.warmup else None
+    try:
+        engine.rewrite = text_rewrite(settings, set(getattr(engine.model, "vocab", {})))
+        voice = choose_voice(engine.voices, settings.voice, engine.source.description)
+        for alias, target in settings.voice_alias:  # a typo fails here, not at a caller's request
+            try:
+                engine.voices.check(target)
+            except VoiceError as exc:
+                raise StartupError(
+                    f"--voice-alias {alias}={target!r} cannot be used: {exc}"
+                ) from exc
+        check = choose_precision(engine, settings, voice)
+        max_batch = settings.batch_limit(engine.device)
+        if settings.g2p_processes and max_batch > 1:
+            engine.use_g2p_processes(settings.g2p_processes, settings.lang)
+        elif settings.g2p_processes:
+            log.warning("--g2p-processes is ignored with --max-batch 1: G2P runs in the workers")
+        warm = engine.warm_up(voice, settings.lang, max_batch) if settings.warmup else None
+    except BaseException:
+        engine.close(wait=False)  # G2P processes started before the failure end with it
+        raise
     loaded = Loaded(engine, voice, warm, workers=settings.workers, precision_check=check)
     if warm is not None:
         # What an operator sizes a host by: beyond this many calls speaking at once,
@@ -258,6 +264,8 @@ def run(settings: Settings, make_engine: EngineFactory = Engine) -> int:
     serving = LocalCallsSlot()
     http: HttpServer | None = None
     wyoming: WyomingServer | None = None
+    loaded: Loaded | None = None
+    server: Server | None = None
     try:
         if settings.http_port is not None:
             # Up before the model loads: a liveness probe passes while /readyz says why
@@ -289,14 +297,15 @@ def run(settings: Settings, make_engine: EngineFactory = Engine) -> int:
         server.start()
         if settings.wyoming_port is not None:
             wyoming = WyomingServer(server.local_calls(), settings.wyoming_port, tls=server.tls)
-            try:
-                wyoming.start()
-            except StartupError:
-                server.stop(drain_timeout=0.0)
-                raise
+            wyoming.start()
         serving.fill(server.local_calls())
     except KokoroServiceError as exc:  # StartupError, ConfigError, VoiceError ...
         log.error("start-up failed: %s", exc)
+        # What did start is stopped: the trace file closed, G2P processes ended.
+        if server is not None:
+            server.stop(drain_timeout=0.0)
+        if loaded is not None:
+            loaded.engine.close(wait=False)
         if http is not None:
             http.stop()
         return EXIT_STARTUP

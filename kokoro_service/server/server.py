@@ -87,12 +87,19 @@ class Server:
         self.pacing = Pacing(settings.workers)
         # Both contexts read their files now: a bad one fails start-up, not a call.
         self._tls: ssl.SSLContext | None = None
-        if settings.tls_cert is not None and settings.tls_key is not None:
-            self._tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-        # Sinks only on request: a seed processor's port reads plaintext frames.
         sink_tls = None
-        if settings.tls_sink_ca is not None:
-            sink_tls = client_context(settings.tls_cert, settings.tls_key, settings.tls_sink_ca)
+        try:
+            if settings.tls_cert is not None and settings.tls_key is not None:
+                self._tls = server_context(
+                    settings.tls_cert, settings.tls_key, settings.tls_client_ca
+                )
+            # Sinks only on request: a seed processor's port reads plaintext frames.
+            if settings.tls_sink_ca is not None:
+                sink_tls = client_context(settings.tls_cert, settings.tls_key, settings.tls_sink_ca)
+        except BaseException:
+            if self.trace is not None:  # no stop() will close it: the caller has no server
+                self.trace.close()
+            raise
         self.calls = Calls(
             settings,
             engine,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
 
+from kokoro_service.config import Settings
+from kokoro_service.daemon import EXIT_STARTUP, run
 from tests.conftest import wait_for
 from tests.processes import Daemon
 
@@ -67,3 +70,25 @@ def _cmdline(pid: int) -> bytes:
 
 def test_children_helper_sees_this_process() -> None:
     assert os.getpid() in children(os.getppid())
+
+
+def test_a_failed_start_ends_the_g2p_processes_it_started(tiny_dir: Path) -> None:
+    """Start-up that fails after the engine is loaded (here the text port is taken)
+    returns exit code 3 and leaves no G2P process behind in a process that embeds it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = Settings(
+            model_dir=tiny_dir,
+            tcp_port=taken.getsockname()[1],
+            udp_port=0,
+            max_batch=2,
+            g2p_processes=1,
+            precision="fp32",
+            torch_threads=1,
+        )
+        before = children(os.getpid())
+        assert run(settings) == EXIT_STARTUP
+    started = {p for p in children(os.getpid()) - before if b"spawn_main" in _cmdline(p)}
+    assert wait_for(lambda: not alive(started), 30), f"left behind: {alive(started)}"
+    assert not {p for p in children(os.getpid()) - before if b"spawn_main" in _cmdline(p)}
