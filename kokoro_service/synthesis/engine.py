@@ -385,7 +385,7 @@ class Engine:
         if processes < 1:
             return
         t0 = time.perf_counter()
-        procs = G2PProcesses(processes, REPO_ID)
+        procs = G2PProcesses(processes, REPO_ID, lang)
         try:
             procs.warm_up(lang)
         except Exception as exc:

@@ -55,7 +55,7 @@ def _word(token: Any) -> WordToken:
     return WordToken(str(token.text), token.phonemes, str(token.whitespace or ""))
 
 
-def _child_start(parent: int) -> None:
+def _child_start(parent: int, repo_id: str, lang: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never the hub, as in the daemon
     # systemd's stop and a terminal's Ctrl-C signal the whole group: the daemon drains
     # with these processes and closes them itself, so they ignore both.
@@ -71,6 +71,10 @@ def _child_start(parent: int) -> None:
         logger.disable("kokoro")
     except ImportError:  # pragma: no cover - kokoro depends on loguru
         pass
+    # The daemon's language is built and run once here, before this process takes its
+    # first job: the pool hands jobs only to processes past their initializer, so no
+    # caller's segment waits for a cold pipeline, however the warm-up's jobs were spread.
+    _child_g2p(repo_id, lang, "Hello.")
 
 
 def _exit_with(parent: int) -> None:
@@ -82,21 +86,22 @@ def _exit_with(parent: int) -> None:
 class G2PProcesses:
     """N spawned processes that each run G2P jobs one at a time."""
 
-    def __init__(self, processes: int, repo_id: str) -> None:
+    def __init__(self, processes: int, repo_id: str, lang: str) -> None:
         self.processes = processes
         self.repo_id = repo_id
         self._pool = ProcessPoolExecutor(
             processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_child_start,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), repo_id, lang),
         )
 
     def submit(self, text: str, lang: str) -> Future[Chunks]:
         return self._pool.submit(_child_g2p, self.repo_id, lang, text)
 
     def warm_up(self, lang: str, timeout: float = 120.0) -> None:
-        """Build ``lang``'s pipeline in every process before the first call needs it."""
+        """Start every process (the pool spawns one per job while none is idle), each
+        building ``lang``'s pipeline in its initializer, and fail if one cannot."""
         jobs = [self.submit("Hello.", lang) for _ in range(self.processes)]
         for job in jobs:
             job.result(timeout)

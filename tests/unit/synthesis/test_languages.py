@@ -183,7 +183,7 @@ def test_a_language_tag_gives_its_code(tag: str, code: str | None) -> None:
 
 
 def test_g2p_processes_choose_each_language_g2p_as_the_daemon_does() -> None:
-    procs = G2PProcesses(1, REPO_ID)
+    procs = G2PProcesses(1, REPO_ID, "a")
     try:
         for code in ("j", "z"):
             here = [r.phonemes for r in new_pipeline(code, REPO_ID)(SENTENCES[code])]
