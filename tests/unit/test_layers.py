@@ -33,6 +33,7 @@ RANKS: dict[str, int] = {
     "kokoro_service.adapters": 7,
     "kokoro_service.daemon": 8,
     "kokoro_service.cli": 9,
+    "kokoro_service.integrations": 10,
 }
 
 
