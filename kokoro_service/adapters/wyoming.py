@@ -28,7 +28,7 @@ import socket
 import ssl
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
@@ -54,6 +54,12 @@ from kokoro_service.errors import (
 )
 from kokoro_service.logs import RateLimitedLog, quiet_loop_errors
 from kokoro_service.server.local_calls import LocalCalls
+from kokoro_service.synthesis.languages import (
+    LANGUAGES,
+    language_code,
+    speakable,
+    voice_language,
+)
 from kokoro_service.wire.codec import (
     SAMPLE_RATE,
     Control,
@@ -69,19 +75,6 @@ log = logging.getLogger("kokoro_service.wyoming")
 _WIDTH = 2  # s16le: what every Wyoming client plays
 _LINE_LIMIT = 64 * 1024  # an event's JSON header line
 _START_TIMEOUT = 10.0
-# Kokoro's voice prefixes and the languages Wyoming clients choose voices by.
-_VOICE_LANGUAGES = {
-    "a": "en-us",
-    "b": "en-gb",
-    "e": "es",
-    "f": "fr-fr",
-    "h": "hi",
-    "i": "it",
-    "j": "ja",
-    "p": "pt-br",
-    "z": "zh",
-}
-_LANG_CODES = {"en": "a", "en-us": "a", "en-gb": "b"} | {v: k for k, v in _VOICE_LANGUAGES.items()}
 _ATTRIBUTION = Attribution(name="hexgrad", url="https://huggingface.co/hexgrad/Kokoro-82M")
 
 
@@ -106,19 +99,38 @@ def _voice(event: Event) -> SynthesizeVoice | None:
     return SynthesizeVoice(**{k: data.get(k) for k in fields})
 
 
-def wyoming_info(voices: Sequence[str]) -> Info:
-    """The ``info`` answer: one TTS program with the engine's voices, streaming included."""
-    tts_voices = [
-        TtsVoice(
-            name=name,
-            description=f"Kokoro-82M voice {name}",
-            attribution=_ATTRIBUTION,
-            installed=True,
-            version=None,
-            languages=[_VOICE_LANGUAGES.get(name[:1], "en-us")],
+def spoken_language(voice: str, default_lang: str, spoken: Collection[str]) -> str | None:
+    """The language a request naming ``voice`` and no language is spoken in: the voice's
+    own (``ff_siwis``: French) where this host has its G2P, else the daemon's ``--lang``."""
+    own = voice_language(voice)
+    if own in spoken:
+        return own
+    return default_lang if default_lang in spoken else None
+
+
+def wyoming_info(voices: Sequence[str], default_lang: str, spoken: Collection[str]) -> Info:
+    """The ``info`` answer: one TTS program with the engine's voices, streaming included.
+
+    Each voice lists the one language a request naming it is spoken in (see
+    :func:`spoken_language`), not every language it could be switched to: Wyoming's client
+    sends a voice's name or a language, never both (Home Assistant sends the name alone),
+    so a voice listed under a language it is not spoken in by name would read that
+    language's text with another language's G2P.  A request for a language alone gets
+    any language in ``spoken`` (see :meth:`WyomingHandler._open`).
+    """
+    tts_voices = []
+    for name in voices:
+        lang = spoken_language(name, default_lang, spoken)
+        tts_voices.append(
+            TtsVoice(
+                name=name,
+                description=f"Kokoro-82M voice {name}",
+                attribution=_ATTRIBUTION,
+                installed=True,
+                version=None,
+                languages=[LANGUAGES[lang].tag] if lang else [],
+            )
         )
-        for name in voices
-    ]
     program = TtsProgram(
         name="kokoro-service",
         description="Kokoro-82M streaming text to speech",
@@ -228,11 +240,14 @@ class WyomingHandler(AsyncEventHandler):
         calls: LocalCalls,
         info: Info,
         peer: str,
+        spoken: Collection[str],
         noise: RateLimitedLog | None = None,
     ) -> None:
+        """``spoken``: the language codes this host's G2P speaks."""
         super().__init__(reader, writer)
         self.calls = calls
         self.info = info
+        self.spoken = spoken
         self.peer = peer
         self._streaming: _Request | None = None
         self._open_requests: set[_Request] = set()
@@ -346,11 +361,15 @@ class WyomingHandler(AsyncEventHandler):
     async def _open(self, voice: SynthesizeVoice | None) -> _Request | None:
         """A call on the daemon for one synthesis, or None after an ``error`` event.
 
-        A voice asked for without a language speaks the language of its name's first
-        letter (``ff_siwis``: French), as the ``info`` answer lists it.
+        A voice asked for by name speaks the language the ``info`` answer lists it under
+        (:func:`spoken_language`).  A language asked for (Wyoming's client sends it only
+        without a name) is spoken if this host's G2P speaks it, by the first voice whose
+        own language it is, else by the daemon's voice; one it cannot speak is logged.  A
+        client writing its own JSON may send both: the voice then reads that language.
         """
         control = Control(format="s16le")
         lang = None
+        name = voice.name if voice is not None else None
         if voice is not None and voice.name:
             try:
                 self.calls.check_voice(voice.name)
@@ -363,11 +382,23 @@ class WyomingHandler(AsyncEventHandler):
                 )
                 await self.write_event(Error(text=str(exc), code="unknown-voice").event())
                 return None
-            lang = voice.name[:1].lower() if voice.name[:1].lower() in _VOICE_LANGUAGES else None
+            lang = spoken_language(voice.name, self.calls.settings.lang, self.spoken)
         if voice is not None and voice.language:
-            lang = _LANG_CODES.get(voice.language.strip().lower().replace("_", "-"), lang)
-        if voice is not None and (voice.name or lang):
-            control = Control(format="s16le", voice=voice.name or None, lang=lang)
+            asked = language_code(voice.language)
+            if asked in self.spoken:
+                lang = asked
+                if not name:
+                    name = next((v for v in self.calls.voices if voice_language(v) == asked), None)
+            else:
+                self._bad.warning(
+                    f"lang:{self.peer.rsplit(':', 1)[0]}",
+                    "wyoming language not spoken here peer=%s language=%r; speaking %s",
+                    self.peer,
+                    voice.language[:40],
+                    lang or self.calls.settings.lang,
+                )
+        if name or lang:
+            control = Control(format="s16le", voice=name or None, lang=lang)
         call_id = f"wyoming-{uuid.uuid4().hex[:16]}"  # no text-port call can take it
         peer = f"wyoming:{self.peer}"
         theirs = self.calls.open(call_id, peer, encode_hello(call_id) + encode_control(control))
@@ -431,6 +462,7 @@ class WyomingServer:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+        self._spoken: tuple[str, ...] = ()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -449,12 +481,20 @@ class WyomingServer:
             raise StartupError(
                 f"cannot bind {host} wyoming:{self.port}: {exc.strerror or exc}"
             ) from exc
+        # Before the thread, outside its start-up timeout: importing each language's G2P
+        # takes a second or two (once per process).
+        self._spoken = speakable()
         self._thread = threading.Thread(target=self._run, name="wyoming", daemon=True)
         self._thread.start()
         if not self._ready.wait(_START_TIMEOUT) or self._error is not None:
             self.stop()
             raise StartupError(f"the Wyoming server failed to start: {self._error}")
-        log.info("wyoming listening tcp=%s:%d%s", *self.address, " (tls)" if self._tls else "")
+        log.info(
+            "wyoming listening tcp=%s:%d%s languages=%s",
+            *self.address,
+            " (tls)" if self._tls else "",
+            ",".join(self._spoken) or "none",
+        )
 
     def stop(self) -> None:
         with self._lock:
@@ -482,9 +522,10 @@ class WyomingServer:
         self._loop = asyncio.get_running_loop()
         quiet_loop_errors(self._loop, self._refusals, "wyoming")
         self._stop = asyncio.Event()
-        info = wyoming_info(self.calls.voices)
-        tasks: set[asyncio.Task[None]] = set()
         settings = self.calls.settings
+        spoken = self._spoken
+        info = wyoming_info(self.calls.voices, settings.lang, spoken)
+        tasks: set[asyncio.Task[None]] = set()
         metrics = self.calls.metrics
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -512,7 +553,13 @@ class WyomingServer:
                 tasks.add(task)
             try:
                 handler = WyomingHandler(
-                    reader, writer, calls=self.calls, info=info, peer=peer, noise=self._refusals
+                    reader,
+                    writer,
+                    calls=self.calls,
+                    info=info,
+                    peer=peer,
+                    spoken=spoken,
+                    noise=self._refusals,
                 )
                 await handler.run()
             finally:
