@@ -123,9 +123,15 @@ _CALENDAR_WORDS = (
     )
     | _WEEKDAYS
 )
-_SENTENCE_END = "!?…"
-_CLAUSE_MARKS = ",;:—–"
-_CLOSERS = "\"')]}”’»"
+# Japanese and Chinese write their marks full width with no space after them: each ends
+# its unit whatever follows.  Without them a run of such text had no boundary at all, so
+# it waited for 80 characters (a "word" too long) and was then cut mid-word.
+_UNSPACED_SENTENCE_END = "。！？"
+_UNSPACED_CLAUSE_MARKS = "、，；："
+_UNSPACED = _UNSPACED_SENTENCE_END + _UNSPACED_CLAUSE_MARKS
+_SENTENCE_END = "!?…।" + _UNSPACED_SENTENCE_END  # । : the Devanagari full stop (Hindi)
+_CLAUSE_MARKS = ",;:—–" + _UNSPACED_CLAUSE_MARKS
+_CLOSERS = "\"')]}”’»」』）"
 _WS = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 
@@ -392,7 +398,7 @@ def _is_boundary_at(buf: str, i: int, *, final: bool) -> int | None:
     while j < len(buf) and buf[j] in _CLOSERS:
         j += 1
     if j < len(buf):
-        return j if buf[j] in " \n" else None
+        return j if buf[j] in " \n" or buf[i] in _UNSPACED else None
     # The buffer ends right here: more text may follow.  A mark after a digit may be
     # inside a number ("3.50", "1,000", "3:30"), and a dot inside an unfinished e-mail
     # address or URL ("j.doe@acme." + "com"), so these wait; any other is taken at once.

@@ -29,19 +29,20 @@ from kokoro_service.synthesis.languages import (
 from kokoro_service.synthesis.models.architecture import REPO_ID
 from kokoro_service.synthesis.models.checkpoint import kokoro_vocab
 from kokoro_service.synthesis.models.sources import model_dir_source
+from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
 from tests.conftest import REPO
 
 # One everyday sentence a language, about three seconds spoken.
 SENTENCES: dict[str, str] = {
-    "a": "Your prescription is ready for pickup at the pharmacy.",
-    "b": "The car park behind the theatre is closed in August.",
-    "e": "Su cita es el martes a las tres y media.",
-    "f": "Votre rendez-vous est mardi à quinze heures.",
+    "a": "Your prescription is ready at the pharmacy.",
+    "b": "Your appointment is on Tuesday afternoon.",
+    "e": "Su cita es el martes por la tarde.",
+    "f": "Votre rendez-vous est mardi après-midi.",
     "h": "आपकी अपॉइंटमेंट मंगलवार को है।",
-    "i": "Il suo appuntamento è martedì alle tre.",
-    "p": "A sua consulta é na terça-feira às três.",
-    "j": "ご予約は火曜日の午後三時です。",
-    "z": "您的预约在星期二下午三点。",
+    "i": "Il suo appuntamento è martedì pomeriggio.",
+    "p": "A sua consulta é na terça à tarde.",
+    "j": "ご予約は火曜日の午後です。",
+    "z": "您的预约在星期二下午。",
 }
 # The language each one's phonemes are compared with: English, or for English, British.
 REFERENCE = {code: "b" if code == "a" else "a" for code in LANG_CODES}
@@ -191,3 +192,54 @@ def test_g2p_processes_choose_each_language_g2p_as_the_daemon_does() -> None:
             assert [ph for ph, _ in there] == here
     finally:
         procs.close()
+
+
+# ----------------------------------------------------- cutting text with no spaces
+# The segmenter (kokoro_service.text) is tested here for what these languages need of it.
+
+
+@pytest.mark.parametrize(
+    ("text", "segments"),
+    [
+        (
+            "ご予約は火曜日の午後です。お薬は薬局でお受け取りください。",
+            ["ご予約は火曜日の午後です。", "お薬は薬局でお受け取りください。"],
+        ),
+        (
+            "您的预约在星期二下午。请准时到达！谢谢",
+            ["您的预约在星期二下午。", "请准时到达！", "谢谢"],
+        ),
+        (
+            "आपकी अपॉइंटमेंट मंगलवार को है। कृपया समय पर आएं।",
+            ["आपकी अपॉइंटमेंट मंगलवार को है।", "कृपया समय पर आएं।"],
+        ),
+    ],
+)
+def test_japanese_chinese_and_hindi_sentences_are_cut_at_their_full_stops(
+    text: str, segments: list[str]
+) -> None:
+    whole = Segmenter(SegmenterConfig(growth=0))
+    assert [*whole.push(text), *whole.flush()] == segments
+    # Streamed a character at a time, as an LLM's tokens come: the same cuts.
+    streamed = Segmenter(SegmenterConfig(growth=0))
+    pieces = [s for ch in text for s in streamed.push(ch)]
+    assert [*pieces, *streamed.flush()] == segments
+
+
+def test_a_closing_bracket_stays_with_its_sentence() -> None:
+    seg = Segmenter(SegmenterConfig(growth=0))
+    text = "「はい」と言った。「いいえ。」次"
+    assert [*seg.push(text), *seg.flush()] == ["「はい」と言った。", "「いいえ。」", "次"]
+
+
+def test_a_long_unspaced_run_is_cut_at_a_clause_not_mid_word() -> None:
+    # Two sentences of over 100 characters: each is cut at its commas (、), and the
+    # first segment of the reply at the first one, so first audio does not wait.
+    clause = "本日はお電話いただきありがとうございます、"
+    text = (clause * 6)[:-1] + "。" + (clause * 6)[:-1] + "。"
+    seg = Segmenter()
+    out = [*seg.push(text), *seg.flush()]
+    assert "".join(out) == text
+    assert out[0] == clause
+    assert all(s.endswith(("、", "。")) for s in out)
+    assert all(len(s) <= SegmenterConfig().max_chars for s in out)
