@@ -39,11 +39,11 @@ pytestmark = pytest.mark.slow
 # Seconds of audio per phoneme symbol read (whitespace and punctuation not counted).
 # Speech runs at about 10 to 20 phones a second in every language measured (0.05 to
 # 0.1 s a phone); Kokoro's symbols also carry stress and length marks and Mandarin's tone
-# arrows, which take next to no time, and a sentence ends in a pause.  These sentences
-# measured 0.078 (Hindi) to 0.114 (Japanese).  The range is half the fastest natural rate
-# to well past the slowest: a sentence cut short, or read through another language's G2P
-# (English reads each Han character as "Chinese letter", about 0.35 s per symbol of
-# Mandarin's phonemes) falls outside it.
+# arrows, which take next to no time, and a sentence starts and ends in a pause.  These
+# sentences measured 0.089 (British English) to 0.125 (Spanish).  The range is from half
+# the fastest natural rate to well past the slowest: a sentence cut short, or read through
+# another language's G2P (English reads each Han character as "Chinese letter", about
+# 0.3 s per symbol of Mandarin's phonemes), falls outside it.
 SECONDS_PER_PHONEME = (0.04, 0.16)
 _UNTIMED = frozenset(' \t\n.,!?;:—…"“”«»()¿¡')
 # A sentence read at a whisper or not at all: Kokoro speaks at an RMS of about 0.1.

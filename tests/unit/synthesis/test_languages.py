@@ -32,17 +32,17 @@ from kokoro_service.synthesis.models.sources import model_dir_source
 from kokoro_service.text.segmenter import Segmenter, SegmenterConfig
 from tests.conftest import REPO
 
-# One everyday sentence a language, about three seconds spoken.
+# One everyday sentence a language, two or three seconds spoken.
 SENTENCES: dict[str, str] = {
     "a": "Your prescription is ready at the pharmacy.",
     "b": "Your appointment is on Tuesday afternoon.",
-    "e": "Su cita es el martes por la tarde.",
-    "f": "Votre rendez-vous est mardi après-midi.",
-    "h": "आपकी अपॉइंटमेंट मंगलवार को है।",
-    "i": "Il suo appuntamento è martedì pomeriggio.",
-    "p": "A sua consulta é na terça à tarde.",
-    "j": "ご予約は火曜日の午後です。",
-    "z": "您的预约在星期二下午。",
+    "e": "Su cita es el martes.",
+    "f": "Votre rendez-vous est mardi.",
+    "h": "मंगलवार को मिलते हैं।",
+    "i": "Il suo appuntamento è martedì.",
+    "p": "A sua consulta é na terça.",
+    "j": "ご予約は火曜日です。",
+    "z": "您的预约在星期二。",
 }
 # The language each one's phonemes are compared with: English, or for English, British.
 REFERENCE = {code: "b" if code == "a" else "a" for code in LANG_CODES}
@@ -184,7 +184,7 @@ def test_a_language_tag_gives_its_code(tag: str, code: str | None) -> None:
 
 
 def test_g2p_processes_choose_each_language_g2p_as_the_daemon_does() -> None:
-    procs = G2PProcesses(1, REPO_ID, "a")
+    procs = G2PProcesses(1, REPO_ID, "j")  # Japanese built first: quicker than English
     try:
         for code in ("j", "z"):
             here = [r.phonemes for r in new_pipeline(code, REPO_ID)(SENTENCES[code])]
