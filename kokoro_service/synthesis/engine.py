@@ -173,7 +173,7 @@ _G2P_PROCESS_WAIT = 5.0
 
 
 class Engine:
-    """Owns the one shared ``KModel``, a ``KPipeline`` (misaki G2P) per language, and voices.
+    """Owns the one shared ``KModel``, a G2P ``KPipeline`` per language, and the voices.
 
     Responsibilities:
 
