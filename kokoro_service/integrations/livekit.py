@@ -27,6 +27,7 @@ from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
     APIConnectOptions,
+    APIError,
     APITimeoutError,
     tts,
     utils,
@@ -162,12 +163,15 @@ async def _relay(call: DaemonCall, emitter: tts.AudioEmitter) -> None:
 
 
 def _api_error(exc: BaseException) -> BaseException:
-    """LiveKit's error for a failed call: a timeout, or a connection error (both
-    retryable: LiveKit retries a request that has pushed no audio yet)."""
+    """LiveKit's error for a failed call: a timeout or a connection error (retryable:
+    LiveKit retries a request that has pushed no audio yet), or text the protocol cannot
+    carry (a lone surrogate: not retryable)."""
     if isinstance(exc, ReplyTimeoutError):
         return APITimeoutError(str(exc))
     if isinstance(exc, OSError | KokoroServiceError):
         return APIConnectionError(str(exc))
+    if isinstance(exc, ValueError):
+        return APIError(f"text not sent: {exc}", body=None, retryable=False)
     return exc
 
 
