@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
-from livekit.agents import APIConnectionError, APIConnectOptions
+from livekit.agents import APIConnectionError, APIConnectOptions, APIError
 from livekit.agents.tts import SynthesizedAudio
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, TimedString
 
@@ -20,6 +20,7 @@ from tests.integration.test_plugin_pipecat import (
     LONG,
     TEXT,
     assert_cut_short,
+    assert_snippets_run_here,
     pieces,
     served,
     words_of,
@@ -95,7 +96,8 @@ def test_capabilities() -> None:
 def test_stream_speaks_the_text_as_it_comes_with_aligned_words(
     served: Server, engine: Engine
 ) -> None:
-    tts = KokoroTTS(port=served.tcp_address[1], sample_rate=16_000)
+    port = served.tcp_address[1]
+    tts = KokoroTTS(port=port, voice="af_sky", sample_rate=16_000)
     heard = asyncio.run(asyncio.wait_for(stream_text(tts, TEXT), TEST_TIMEOUT))
     frames = [ev.frame for ev in heard.events]
     assert frames and all(f.sample_rate == 16_000 and f.num_channels == 1 for f in frames)
@@ -108,7 +110,7 @@ def test_stream_speaks_the_text_as_it_comes_with_aligned_words(
 
 def test_synthesize_speaks_a_whole_text_with_aligned_words(served: Server, engine: Engine) -> None:
     text = "Thanks for calling. Goodbye."
-    tts = KokoroTTS(port=served.tcp_address[1])
+    tts = KokoroTTS(port=served.tcp_address[1], voice="af_sky")
     heard = asyncio.run(asyncio.wait_for(synthesize_text(tts, text), TEST_TIMEOUT))
     assert all(ev.frame.sample_rate == 24_000 for ev in heard.events)
     samples = sum(ev.frame.samples_per_channel for ev in heard.events)
@@ -162,8 +164,19 @@ def test_a_daemon_that_cannot_be_reached_raises_a_connection_error() -> None:
         asyncio.run(asyncio.wait_for(attempt(), TEST_TIMEOUT))
 
 
+def test_text_the_protocol_cannot_carry_is_a_clear_error(served: Server) -> None:
+    tts = KokoroTTS(port=served.tcp_address[1])
+    with pytest.raises(APIError, match="text not sent") as caught:
+        asyncio.run(asyncio.wait_for(synthesize_text(tts, "Hello \ud800 there."), TEST_TIMEOUT))
+    assert not caught.value.retryable
+
+
 def test_bad_options_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="rate"):
         KokoroTTS(sample_rate=44_100)
     with pytest.raises(ValueError, match="speed"):
         KokoroTTS(speed=0.1)
+
+
+def test_the_docs_show_what_this_module_runs() -> None:
+    assert_snippets_run_here("tests/integration/test_plugin_livekit.py")

@@ -31,7 +31,7 @@ from kokoro_service.config import Settings
 from kokoro_service.integrations.pipecat import KokoroTTSService
 from kokoro_service.server.server import Server
 from kokoro_service.synthesis.engine import Engine
-from tests.conftest import TEST_TIMEOUT, LogCapture, expected_lengths, free_port_base
+from tests.conftest import REPO, TEST_TIMEOUT, LogCapture, expected_lengths, free_port_base
 
 TEXT = "Your appointment is on Tuesday at noon. Please bring your insurance card."
 # Long enough that the daemon is still synthesizing it when the first audio is heard.
@@ -113,7 +113,7 @@ async def run_turn(port: int, text: str, rate: int, *, interrupt: str = "") -> T
     characters every 10 ms.  ``interrupt``: an InterruptionFrame once the first audio
     frame has come out, as a user barging in, either while the LLM is still streaming
     (``"streaming"``: the turn never ends) or after its response ended (``"played"``)."""
-    tts = KokoroTTSService(port=port)
+    tts = KokoroTTSService(port=port, settings=KokoroTTSService.Settings(voice="af_sky"))
     collector = Collector()
     worker = PipelineWorker(
         Pipeline([tts, collector]),
@@ -225,3 +225,25 @@ def test_bad_settings_fail_at_construction() -> None:
         KokoroTTSService(settings=KokoroTTSService.Settings(speed=9.0))
     with pytest.raises(ValueError, match="voice"):
         KokoroTTSService(settings=KokoroTTSService.Settings(voice=" "))
+
+
+def snippets(test_file: str) -> list[list[str]]:
+    """The code blocks docs/integrations/plugins.md marks as run by ``test_file``."""
+    doc = (REPO / "docs" / "integrations" / "plugins.md").read_text(encoding="utf-8")
+    marker = f"<!-- snippet: {test_file} -->"
+    blocks = re.findall(re.escape(marker) + r"\s*```python\n(.*?)```", doc, re.S)
+    return [[ln.strip() for ln in b.splitlines() if ln.strip()] for b in blocks]
+
+
+def assert_snippets_run_here(test_file: str) -> None:
+    """Every line of the marked snippets stands in ``test_file``: the docs show what the
+    tests run, not a sketch that could drift from it."""
+    blocks = snippets(test_file)
+    assert blocks, f"no snippet of {test_file} in the docs"
+    here = {ln.strip() for ln in (REPO / test_file).read_text(encoding="utf-8").splitlines()}
+    missing = [ln for block in blocks for ln in block if ln not in here]
+    assert not missing, missing
+
+
+def test_the_docs_show_what_this_module_runs() -> None:
+    assert_snippets_run_here("tests/integration/test_plugin_pipecat.py")
