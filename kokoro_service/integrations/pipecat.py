@@ -60,6 +60,9 @@ LANGUAGES: dict[str, str] = {
 # Read once as typed values: under mypy's Python 3.10 target pipecat's StrEnum members
 # read as plain strings.
 TOKEN: Final = TextAggregationMode("token")
+KEEPALIVE_S: Final = 0.5
+"""How often (at most) an open call restarts pipecat's wait for its context's next frame;
+a third of ``stop_frame_timeout_s`` where that is shorter."""
 
 
 @dataclass
@@ -82,11 +85,11 @@ class KokoroTTSService(TTSService):
         connect_timeout: seconds to reach the daemon before the turn fails.
         read_timeout: seconds without a byte from the daemon, after the turn's BYE,
             before the call is reported failed.
-        stop_frame_timeout_s: pipecat's wait for a context's next frame before it gives
-            the context up.  The daemon ends every call with END, which closes its
-            context at once, so this is only a safety net: long by default, because a
-            slow host may take seconds to the first audio.
         **kwargs: passed to ``TTSService`` (``sample_rate``, ``text_transforms``...).
+
+    The turn's audio context stays open as long as its daemon call does: the daemon's
+    END closes it, not pipecat's ``stop_frame_timeout_s`` (3 s without a frame), which a
+    slow or loaded host can exceed between two segments and which would drop the rest.
     """
 
     Settings = KokoroTTSSettings
@@ -101,7 +104,6 @@ class KokoroTTSService(TTSService):
         text_aggregation_mode: TextAggregationMode = TOKEN,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
-        stop_frame_timeout_s: float = 30.0,
         **kwargs: Any,
     ) -> None:
         defaults = KokoroTTSSettings(model=None, voice=None, language=None, speed=None)
@@ -111,7 +113,6 @@ class KokoroTTSService(TTSService):
             text_aggregation_mode=text_aggregation_mode,
             push_text_frames=False,
             push_start_frame=True,
-            stop_frame_timeout_s=stop_frame_timeout_s,
             settings=defaults,
             **kwargs,
         )
@@ -188,6 +189,7 @@ class KokoroTTSService(TTSService):
 
     async def _receive(self, context_id: str, call: DaemonCall) -> None:
         """The call's audio and words into its audio context, until END."""
+        keeping = self.create_task(self._keep_open(context_id, call), name="kokoro-keepalive")
         try:
             async for heard in call.heard():
                 await self._deliver(context_id, heard)
@@ -199,10 +201,18 @@ class KokoroTTSService(TTSService):
                 await self.push_error(error_msg=f"kokoro-service: {exc}", exception=exc)
                 await self._end_context(context_id)
         finally:
+            await self.cancel_task(keeping)
             if self._calls.get(context_id) is call:
                 del self._calls[context_id]
             self._receivers.pop(call, None)
             await call.aclose()
+
+    async def _keep_open(self, context_id: str, call: DaemonCall) -> None:
+        """Restart pipecat's wait for the context's next frame while the call is open."""
+        every = max(0.05, min(KEEPALIVE_S, self._stop_frame_timeout_s / 3))
+        while not call.cancelled:
+            await asyncio.sleep(every)
+            self._refresh_audio_context(context_id)
 
     async def _end_context(self, context_id: str) -> None:
         await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))

@@ -8,6 +8,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 from pipecat.frames.frames import (
@@ -108,12 +109,14 @@ class Turn:
     tts: KokoroTTSService
 
 
-async def run_turn(port: int, text: str, rate: int, *, interrupt: str = "") -> Turn:
+async def run_turn(port: int, text: str, rate: int, *, interrupt: str = "", **service: Any) -> Turn:
     """One LLM turn through ``KokoroTTSService`` in a pipeline, the text fed 3-6
     characters every 10 ms.  ``interrupt``: an InterruptionFrame once the first audio
     frame has come out, as a user barging in, either while the LLM is still streaming
     (``"streaming"``: the turn never ends) or after its response ended (``"played"``)."""
     tts = KokoroTTSService(port=port, settings=KokoroTTSService.Settings(voice="af_sky"))
+    if service:
+        tts = KokoroTTSService(port=port, **service)
     collector = Collector()
     worker = PipelineWorker(
         Pipeline([tts, collector]),
@@ -165,6 +168,18 @@ def test_a_turn_streams_audio_at_the_pipeline_rate_with_word_timestamps(
     assert all(f.pts is not None for f in spoken)
     assert pts == sorted(pts)
     assert pts[-1] - pts[0] > 0.5 * expected * 1e9  # nanoseconds: spread over the audio
+
+
+def test_a_daemon_slower_than_pipecats_frame_timeout_loses_no_audio(
+    served: Server, engine: Engine
+) -> None:
+    # Pipecat gives a context up after stop_frame_timeout_s without a frame: 0.2 s is
+    # less than the tiny model takes to the first audio and between segments here.
+    turn = asyncio.run(run_turn(served.tcp_address[1], TEXT, 24_000, stop_frame_timeout_s=0.2))
+    audio = turn.collector.of(TTSAudioRawFrame)
+    expected = sum(expected_lengths(engine, [TEXT])) / 24_000
+    assert audio_seconds(audio, 24_000) == pytest.approx(expected, rel=0.15)
+    assert len(turn.collector.of(TTSStoppedFrame)) == 1
 
 
 def test_a_rate_the_daemon_does_not_make_is_resampled_here(served: Server, engine: Engine) -> None:
