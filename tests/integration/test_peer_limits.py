@@ -63,9 +63,11 @@ def _no_forged_line(logs: LogCapture) -> None:
 def test_a_reply_that_ends_before_its_sink_fails_gets_its_audio_on_the_text_connection(
     daemon: DaemonFactory, engine: Engine, logs: LogCapture
 ) -> None:
-    """Default retries (4 tries, 0.1 s doubling): the one-word reply is synthesized and
-    its call ended long before the sink is given up on; END must wait for the frames."""
-    server = daemon()  # nothing listens on base+11
+    """The one-word reply is synthesized and its call ended before the sink is given up
+    on; END must wait for the frames.  The retries are pinned long (4 tries, 1.5 s
+    doubling: 10.5 s) so that the order holds on a busy host: with the default 0.1 s the
+    sink was given up (0.7 s) before a loaded host had synthesized "Hello." (0.9 s)."""
+    server = daemon(sink_connect_backoff=1.5)  # nothing listens on base+11
     send_udp(server, encode_register("11"))
     assert logs.wait("register call=11")
     reply = speak(*server.tcp_address, "11", ["Hello."], timeout=TEST_TIMEOUT)
