@@ -269,6 +269,13 @@ class Settings:
         lo=0,
         hi=64,
     )
+    g2p_batch: int = knob(
+        16,
+        "English segments waiting for G2P together that spaCy tags in one pass (batched "
+        "serving); 1: each alone.",
+        lo=1,
+        hi=64,
+    )
     batch_policy: str = knob(
         "latency",
         "How batches form: latency cuts a batch where its predicted time passes twice a "

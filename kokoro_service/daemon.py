@@ -122,6 +122,7 @@ def load_engine(
                 ) from exc
         check = choose_precision(engine, settings, voice)
         max_batch = settings.batch_limit(engine.device)
+        engine.use_g2p_batch(settings.g2p_batch)
         if settings.g2p_processes and max_batch > 1:
             engine.use_g2p_processes(settings.g2p_processes, settings.lang)
         elif settings.g2p_processes:

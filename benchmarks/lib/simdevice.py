@@ -145,12 +145,16 @@ class SimulatedEngine(Engine):
         t0 = time.perf_counter()
         results: list[Synthesis | Exception | None] = [None] * len(requests)
         planned: dict[int, tuple[list[G2PChunk], list[int]]] = {}
-        for i, req in enumerate(requests):
+        for i, (req, chunks) in enumerate(
+            zip(requests, self.batch_phonemes(requests), strict=True)
+        ):
             try:
                 self.voices.get(req.voice)
-                chunks = self._checked_phonemes(req.text, req.lang, req.phonemes)
-            except (VoiceError, SynthesisError) as exc:
+            except VoiceError as exc:
                 results[i] = exc
+                continue
+            if isinstance(chunks, Exception):
+                results[i] = chunks
                 continue
             planned[i] = (
                 chunks,

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +35,8 @@ from kokoro_service.errors import (
     VoiceError,
 )
 from kokoro_service.synthesis.devices import bf16_unavailable
-from kokoro_service.synthesis.g2p_pool import PriorityG2P
+from kokoro_service.synthesis.g2p_batch import batch_tagger
+from kokoro_service.synthesis.g2p_pool import MAX_BATCH, PriorityG2P
 from kokoro_service.synthesis.g2p_procs import G2PProcesses
 from kokoro_service.synthesis.languages import LANG_CODES, new_pipeline, unavailable
 from kokoro_service.synthesis.models.architecture import REPO_ID, new_kmodel
@@ -229,7 +231,9 @@ class Engine:
         self._building: dict[str, threading.Lock] = {}
         self._failed: dict[str, str] = {}
         self._pipelines_lock = threading.Lock()
-        self._g2p_pool = PriorityG2P()
+        self.g2p_batch = MAX_BATCH
+        """English segments tagged together at most (:meth:`use_g2p_batch`)."""
+        self._g2p_pool = PriorityG2P(prepare=self._tag_ahead)
         self._g2p_procs: G2PProcesses | None = None
         self.batch_failures = 0
         """Batched passes that failed and were redone one segment at a time."""
@@ -345,6 +349,7 @@ class Engine:
                 if isinstance(exc, ImportError):  # a missing extra stays missing
                     self._failed[lang] = why
                 raise VoiceError(why) from exc
+            batch_tagger(pipe)  # English: segments queued together are tagged together
             with self._pipelines_lock:
                 self._g2p_locks[lang] = threading.Lock()
                 self._pipelines[lang] = pipe
@@ -374,10 +379,18 @@ class Engine:
         G2P is Python (misaki, spaCy) at a few milliseconds a segment.  Done in the
         synthesis worker for a batch of 64 it would hold the GPU idle for a good part of
         a second per batch; started when a segment is cut, it is ready by the time the
-        segment's batch forms.  A ``first`` segment goes ahead of the others.
+        segment's batch forms.  A ``first`` segment goes ahead of the others, and segments
+        queued together are tagged together (:mod:`.g2p_batch`).
         """
         job = functools.partial(self._phonemize_ahead, text, lang)
-        return self._g2p_pool.submit(job, urgent=first)
+        return self._g2p_pool.submit(job, urgent=first, key=(text, lang))
+
+    def use_g2p_batch(self, size: int) -> None:
+        """Tag at most ``size`` English segments in one spaCy pass (1: each alone).
+        Only before serving, and before :meth:`use_g2p_processes`."""
+        self.g2p_batch = max(1, size)
+        prepare = self._tag_ahead if self.g2p_batch > 1 else None
+        self._g2p_pool = PriorityG2P(prepare=prepare, batch=self.g2p_batch)
 
     def use_g2p_processes(self, processes: int, lang: str) -> None:
         """Run G2P started ahead in ``processes`` spawned processes (0: a thread here),
@@ -401,6 +414,39 @@ class Engine:
         procs, self._g2p_procs = self._g2p_procs, None
         if procs is not None:
             procs.close(wait=wait)
+
+    def _tag_ahead(self, keys: Sequence[object]) -> None:
+        """Tag the English texts of ``(text, lang)`` keys in one spaCy pass per language,
+        for :meth:`phonemize` to read.  Not with G2P processes: they phonemize there."""
+        if self._g2p_procs is not None or self.g2p_batch < 2:
+            return
+        texts: dict[str, list[str]] = {}
+        for key in keys:
+            text, lang = cast("tuple[str, str]", key)
+            texts.setdefault(lang.strip().lower(), []).append(text)
+        for lang, group in texts.items():
+            pipe = self._pipelines.get(lang)
+            tagger = batch_tagger(pipe) if pipe is not None and len(group) > 1 else None
+            if tagger is None:
+                continue
+            rewrite = self.rewrite
+            read = [rewrite(t, lang) for t in group] if rewrite is not None else group
+            # In pieces, so that the G2P thread's first segments wait for one piece at most.
+            for start in range(0, len(read), self.g2p_batch):
+                with self._g2p_locks[lang]:
+                    tagger.tag(read[start : start + self.g2p_batch])
+
+    def _take_back(self, requests: Sequence[Request]) -> set[int]:
+        """The requests whose G2P had not started, taken back to be done here, and their
+        texts tagged together: a burst's first segments would otherwise be tagged one
+        at a time while the device waits."""
+        mine = {i for i, r in enumerate(requests) if r.phonemes is None or r.phonemes.cancel()}
+        if len(mine) > 1:
+            try:
+                self._tag_ahead([(requests[i].text, requests[i].lang) for i in sorted(mine)])
+            except Exception:  # each is phonemized alone, as it would be without this
+                log.exception("tagging %d segments together failed", len(mine))
+        return mine
 
     def _phonemize_ahead(self, text: str, lang: str) -> list[G2PChunk]:
         procs = self._g2p_procs
@@ -485,10 +531,14 @@ class Engine:
         owners: list[int] = []
         phonemes: dict[int, list[G2PChunk]] = {}
         items: list[batched.BatchItem] = []
-        for i, req in enumerate(requests):
+        for i, (req, chunks) in enumerate(
+            zip(requests, self.batch_phonemes(requests), strict=True)
+        ):
+            if isinstance(chunks, Exception):
+                results[i] = chunks
+                continue
             try:
                 pack = self.voices.get(req.voice)
-                chunks = self._phonemes(req.text, req.lang, req.phonemes)
                 # Checked here, per request, so that input the model cannot take fails
                 # only its own request, not the whole batch.
                 mine = [
@@ -535,6 +585,26 @@ class Engine:
             words = self._word_times(requests[i].text, chunks, durations[i], pieces[i])
             results[i] = _synthesis(pieces[i], share, chunks, words)
         return [r if r is not None else SynthesisError("no result") for r in results]
+
+    def batch_phonemes(self, requests: Sequence[Request]) -> list[list[G2PChunk] | Exception]:
+        """Each request's phonemes, or the :class:`VoiceError`/:class:`SynthesisError` it
+        alone met.  G2P jobs not yet started are taken back and tagged together; with G2P
+        processes each is taken back only when its turn comes, as the processes work on
+        the others meanwhile."""
+        local = self._take_back(requests) if self._g2p_procs is None else set()
+        out: list[list[G2PChunk] | Exception] = []
+        for i, req in enumerate(requests):
+            try:
+                self.voices.get(req.voice)  # a bad voice fails its request before G2P
+                if i in local:
+                    out.append(self._phonemize_ahead(req.text, req.lang))
+                else:
+                    out.append(self._phonemes(req.text, req.lang, req.phonemes))
+            except VoiceError as exc:
+                out.append(exc)
+            except Exception as exc:
+                out.append(SynthesisError(f"{type(exc).__name__}: {exc}"))
+        return out
 
     def _phonemes(
         self, text: str, lang: str, ahead: Future[list[G2PChunk]] | None
