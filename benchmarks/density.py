@@ -2,7 +2,8 @@
 
 For each serving mode (``batch1``: the daemon with ``--max-batch 1``; ``batched``: with
 ``--max-batch B`` and the latency-first policy; ``batched-fill``: the same with the earlier
-policy, which fills every batch), one daemon after the other, it drives N concurrent calls
+policy, which fills every batch; ``batched-g2p1``: ``batched`` with each segment's G2P
+tagged alone, ``--g2p-batch 1``), one daemon after the other, it drives N concurrent calls
 over the real TCP protocol, N = 1, 2, 4 ... 512.  Each call arrives at a seeded random
 moment within the arrival window, says HELLO, streams one of a few realistic
 three-sentence agent replies as LLM token pieces (3-6 characters every
@@ -71,7 +72,9 @@ from benchmarks.lib.simdevice import DEFAULT_CALIBRATION
 from benchmarks.lib.stages import TraceReader, stage_summary
 from benchmarks.lib.tables import markdown
 
-MODES = ("batch1", "batched", "batched-fill")
+# batched-g2p1: batched with each segment's G2P tagged alone (--g2p-batch 1), the baseline
+# of tagging queued segments together.
+MODES = ("batch1", "batched", "batched-fill", "batched-g2p1")
 DEFAULT_MODES = "batch1,batched"
 FULL_NS = "1,2,4,8,16,32,64,128,256,512"
 W = WER_SENTENCES
@@ -511,6 +514,8 @@ def serve_args_for(mode: str, ns: argparse.Namespace, max_n: int) -> list[str]:
         args += ["--model-dir", str(ns.model_dir)]
     args += ["--max-batch", "1" if mode == "batch1" else str(ns.max_batch)]
     args += ["--batch-policy", "fill" if mode == "batched-fill" else "latency"]
+    if mode == "batched-g2p1":
+        args += ["--g2p-batch", "1"]
     return [*args, *shlex.split(ns.extra_daemon_args)]
 
 

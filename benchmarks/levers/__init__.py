@@ -26,7 +26,9 @@ the alternative, one module per question (each module's docstring says more):
   bf16 autocast and (``--compile``) compiled; the fused residual blocks against kokoro's
   stock forward;
 * ``batching`` (:mod:`.batching`): segments of different calls in one batched forward
-  pass against the same segments one after another.
+  pass against the same segments one after another;
+* ``g2p`` (:mod:`.g2p`): a burst of segments queued for English G2P, tagged together
+  per batch against each tagged alone.
 
 Every engine is loaded by the product's own loader (:mod:`kokoro_service.daemon`). The
 engine levers run on this process's main thread with one engine, :class:`.common.Bench`;

@@ -21,6 +21,7 @@ import benchmarks.levers
 from benchmarks.levers.batching import lever_batching
 from benchmarks.levers.common import Bench
 from benchmarks.levers.engine import lever_copies, lever_grad, lever_threads, lever_voices
+from benchmarks.levers.g2p import lever_g2p
 from benchmarks.levers.int8 import lever_int8, lever_onnxruntime
 from benchmarks.levers.nodelay import lever_nodelay
 from benchmarks.levers.precision import lever_fused, lever_precision
@@ -44,6 +45,7 @@ LEVERS = (
     "fused",
     "onnxruntime",
     "batching",
+    "g2p",
 )
 
 
@@ -101,6 +103,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "fused": lambda: lever_fused(b, max(1, ns.runs // 5)),
             "onnxruntime": lambda: lever_onnxruntime(b, max(1, ns.runs // 5)),
             "batching": lambda: lever_batching(b, max(1, ns.runs // 5)),
+            "g2p": lambda: lever_g2p(b, ns.runs),
         }
         for name in engine_levers:
             with phase(name):
