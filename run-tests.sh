@@ -10,4 +10,10 @@ export HF_HUB_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# Test processes: KOKORO_TEST_WORKERS, else one per core up to 4 (each may hold the real
+# weights and Whisper, about 2 GB).  Each file's tests stay in one process, in order.
+workers="${KOKORO_TEST_WORKERS:-$(n="$(nproc)"; echo $((n < 4 ? n : 4)))}"
+if [ "$workers" -gt 1 ]; then
+  set -- -n "$workers" --dist loadfile "$@"
+fi
 exec .venv/bin/python -m pytest "$@"
