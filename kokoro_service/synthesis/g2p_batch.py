@@ -5,9 +5,9 @@ lexicon reads it.  For a telephony segment that was 3.7 ms of the 5.7 ms its G2P
 this project's 2-core host, mostly small matrix products whose fixed cost every call
 pays.  ``nlp.pipe`` over 16 waiting segments tags them for about 1 ms each, with the same
 tags (the phone corpus at batch sizes 4, 16 and 64: no tag differed; the unit test
-compares the phonemes of it and five agent replies).  So when segments wait for G2P together, as in a burst of new calls,
-they are tagged in one pass and misaki reads the docs made for them; a segment tagged
-alone costs what it did before.
+compares the phonemes of it and five agent replies).  So when segments wait for G2P
+together, as in a burst of new calls, they are tagged in one pass and misaki reads the
+docs made for them; a segment tagged alone costs what it did before.
 
 Nothing here changes what misaki does with a doc: :class:`BatchTagger` stands in for
 misaki's ``nlp`` and hands it, for a text, a doc tagged ahead from that same text, or
