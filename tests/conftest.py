@@ -43,41 +43,6 @@ REPO = Path(__file__).resolve().parent.parent
 """The repository's root: the tree tests read (units, scripts, the package)."""
 TEST_TIMEOUT = 60.0
 
-# The longest files, in seconds of one serial run on a 2-core host (2026-12-03, 2167 s in
-# all).  They start first, so that ./run-tests.sh's test processes, which take whole files
-# in collection order, end together rather than one waiting on a long file begun last (the
-# first run in two processes spent its last five minutes so).  Order only: a file missing
-# here runs after these, in collection order.
-LONGEST_FILES: dict[str, int] = {
-    "tests/quality/test_intelligibility.py": 323,
-    "tests/integration/test_cli.py": 260,
-    "tests/integration/test_faults.py": 221,
-    "tests/integration/test_text_port.py": 172,
-    "tests/unit/synthesis/test_batched_forward.py": 140,
-    "tests/integration/test_g2p_processes_lifecycle.py": 102,
-    "tests/integration/test_languages.py": 101,
-    "tests/integration/test_operations.py": 94,
-    "tests/integration/test_density_sweep.py": 85,
-    "tests/integration/test_openai_api.py": 75,
-    "tests/quality/test_asr_harness.py": 69,
-    "tests/unit/synthesis/test_engine.py": 56,
-    "tests/unit/synthesis/test_g2p_processes.py": 54,
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest files first; each file's tests keep their order (a stable sort)."""
-
-    def seconds(item: pytest.Item) -> int:
-        path = item.path
-        return (
-            LONGEST_FILES.get(path.relative_to(REPO).as_posix(), 0)
-            if path.is_relative_to(REPO)
-            else 0
-        )
-
-    items.sort(key=lambda item: -seconds(item))
-
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
