@@ -10,9 +10,10 @@ export HF_HUB_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-# Test processes: KOKORO_TEST_WORKERS, else one per core up to 4 (each may hold the real
-# weights and Whisper, about 2 GB).  Each file's tests stay in one process, in order.
-workers="${KOKORO_TEST_WORKERS:-$(n="$(nproc)"; echo $((n < 4 ? n : 4)))}"
+# Test processes: KOKORO_TEST_WORKERS, else one per core up to 2 (each grew to 5-6 GB of
+# resident memory in a full run: the real weights, Whisper, the frameworks).  Each file's
+# tests stay in one process, in order.
+workers="${KOKORO_TEST_WORKERS:-$(n="$(nproc)"; echo $((n < 2 ? n : 2)))}"
 if [ "$workers" -gt 1 ]; then
   set -- -n "$workers" --dist loadfile "$@"
 fi
