@@ -12,8 +12,8 @@ Given a ``prepare`` hook, jobs waiting together at one priority are taken as one
 up to :data:`MAX_BATCH`.  The first runs at once; the others are handed to ``prepare``
 before they run: the engine tags their texts in one spaCy pass (:mod:`.g2p_batch`).  A
 first segment that arrives while later segments' batch is prepared or runs goes next,
-before the rest of that batch.  Without ``prepare``
-(G2P processes, one thread each) every thread takes one job at a time, as before.
+before the rest of that batch.  Without ``prepare`` (G2P processes, one thread each)
+every thread takes one job at a time, as before.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ log = logging.getLogger("kokoro_service.synthesis.g2p_pool")
 T = TypeVar("T")
 
 # Jobs taken as one batch by default (--g2p-batch).  spaCy's per-segment cost falls from
-# 3.7 ms alone to about 1 ms at 16 (g2p_batch's docstring), while the batch's first job
-# waits for the whole batch to be tagged: 16 keeps that wait near 15-30 ms.
+# 3.7 ms alone to about 1 ms at 16 (g2p_batch's docstring), while a batch's second job
+# waits for the rest to be tagged: 16 keeps that wait near 15 ms.
 MAX_BATCH = 16
 
 
