@@ -12,9 +12,9 @@ with what batching needs added around them:
 - a decoder over padded frames whose instance norms take their statistics over the
   item's own frames only, and whose every neighbour-reading operation (convolution,
   transposed convolution) sees zeros past the item's end, as it does at batch 1;
-- the harmonic source and its STFT per item, on the item's own length, so the edges and
-  the noise drawn are the ones batch 1 would draw (per-item seeds make them equal);
-- each item's audio cut to its own length, by an inverse STFT over its own frames.
+- the harmonic source, its STFT and the inverse STFT once over the batch, each item on
+  its own length, edges and window envelope included (:mod:`.batched_source`); with a
+  seed per item, each draws batch 1's noise from its own generator.
 
 Lengths at every stage are exact multiples of the item's frame count F: 2F after the
 decoder's upsampling block, 20F and 120F + 1 in the generator, 600F samples of audio.
@@ -33,6 +33,7 @@ from kokoro.istftnet import AdaIN1d, AdainResBlk1d, AdaINResBlock1, Decoder, Gen
 from kokoro.model import KModel
 from torch import nn
 
+from kokoro_service.synthesis.models.batched_source import harmonic_spectrum, inverse_stft
 from kokoro_service.synthesis.models.rewrites import adain_scale_shift, snake_
 
 # kokoro scales each AdainResBlk1d's sum by rsqrt(2) computed in fp32; the same constant,
@@ -155,25 +156,6 @@ def _upsample_length(conv: nn.ConvTranspose1d, n: torch.Tensor) -> torch.Tensor:
     return (n - 1) * stride - 2 * pad + k + out_pad
 
 
-def _harmonics(
-    gen: Generator, f0_curve: torch.Tensor, n2: list[int], seeds: Sequence[int] | None
-) -> torch.Tensor:
-    """The harmonic source's spectrum per item, on its own length, zero-padded.
-
-    Per item because the source draws noise and its STFT reflects at the item's own end:
-    with a seed per item, both are what batch 1 draws and computes.
-    """
-    hars = []
-    for b, length in enumerate(n2):
-        with seeded(seeds[b] if seeds is not None else None, f0_curve.device):
-            f0 = gen.f0_upsamp(f0_curve[b : b + 1, None, :length]).transpose(1, 2)
-            source, _, _ = gen.m_source(f0)
-            spec, phase = gen.stft.transform(source.transpose(1, 2).squeeze(1))
-        hars.append(torch.cat([spec, phase], dim=1))
-    frames = max(h.shape[-1] for h in hars)
-    return torch.cat([F.pad(h, (0, frames - h.shape[-1])) for h in hars], dim=0)
-
-
 @contextlib.contextmanager
 def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     """torch's RNG on ``device`` seeded with ``seed`` inside, and restored after; a no-op
@@ -195,7 +177,7 @@ def _generator(
     n: torch.Tensor,
     seeds: Sequence[int] | None,
 ) -> list[torch.Tensor]:
-    har = _harmonics(gen, f0_curve, n.tolist(), seeds)
+    har = harmonic_spectrum(gen, f0_curve, n.tolist(), seeds)
     # The source runs at the sample rate (f0_upsamp's factor); its STFT is centred.
     samples = n * int(gen.f0_upsamp.scale_factor or 1)
     n_har = torch.div(samples, gen.stft.hop_length, rounding_mode="floor") + 1
@@ -223,10 +205,7 @@ def _generator(
     x = gen.conv_post(x)
     cut = gen.post_n_fft // 2 + 1
     spec, phase = torch.exp(x[:, :cut, :]), torch.sin(x[:, cut:, :])
-    return [
-        gen.stft.inverse(spec[b : b + 1, :, :frames], phase[b : b + 1, :, :frames]).reshape(-1)
-        for b, frames in enumerate(n.tolist())
-    ]
+    return inverse_stft(gen.stft, spec, phase, n.tolist())
 
 
 def _decoder(
