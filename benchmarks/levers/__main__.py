@@ -23,6 +23,7 @@ from benchmarks.levers.common import Bench
 from benchmarks.levers.engine import lever_copies, lever_grad, lever_threads, lever_voices
 from benchmarks.levers.g2p import lever_g2p
 from benchmarks.levers.int8 import lever_int8, lever_onnxruntime
+from benchmarks.levers.loops import lever_loops
 from benchmarks.levers.nodelay import lever_nodelay
 from benchmarks.levers.precision import lever_fused, lever_precision
 from benchmarks.levers.process import lever_denormals, lever_layout, lever_warmup
@@ -46,6 +47,7 @@ LEVERS = (
     "onnxruntime",
     "batching",
     "g2p",
+    "loops",
 )
 
 
@@ -104,6 +106,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "onnxruntime": lambda: lever_onnxruntime(b, max(1, ns.runs // 5)),
             "batching": lambda: lever_batching(b, max(1, ns.runs // 5)),
             "g2p": lambda: lever_g2p(b, ns.runs),
+            "loops": lambda: lever_loops(b, ns.runs),
         }
         for name in engine_levers:
             with phase(name):
