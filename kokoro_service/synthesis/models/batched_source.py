@@ -201,7 +201,8 @@ def _inverse(
     batch, _, most = magnitude.shape
     device = magnitude.device
     keep = (torch.arange(most)[None, :] < torch.tensor(list(frames))[:, None]).to(device)
-    # polar(m, p) is kokoro's m * exp(p * 1j) to a last place, at a fifth of exp's CPU time.
+    # polar(m, p) is kokoro's m * exp(p * 1j) to a last place, in one operation instead of
+    # three, and in about half of exp's CPU time (torch.profiler, 64 items).
     spectrum = torch.polar((magnitude * keep.unsqueeze(1)).float(), phase.float())
     window = stft.window.to(device)
     pieces = torch.fft.irfft(spectrum, n=n_fft, dim=1) * window[:, None]
