@@ -1,9 +1,9 @@
 """The generator's harmonic source, its STFT and the final inverse STFT over a padded batch.
 
-Kokoro computes these for one segment.  Run item by item inside a batch they cost a fixed
-number of small operations per item, about 40 for the source and its STFT and 5 for the
-inverse STFT, which on a GPU is as many kernel launches a pass for every item batched
-(sglang-omni's profiles of TTS vocoders: launch-bound).  Here each runs once over the
+Kokoro computes these for one segment.  Run item by item inside a batch they dispatch
+about 68 small operations per item (``benchmarks.levers --only loops``), which on a GPU
+is as many kernel launches a pass for every item batched (sglang-omni's profiles of TTS
+vocoders: launch-bound).  Here each runs once over the
 whole batch, and each item still gets what batch 1 computes on its own length:
 
 - the source's phase is interpolated (down, integrated, up) with the value past each
@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the name torch's own code uses
 from kokoro.istftnet import Generator, TorchSTFT
 
-CPU_GROUP_ELEMENTS = 1 << 24
-"""A group's padded size on a CPU, in elements of its largest tensor (16 MB in fp32)."""
+CPU_GROUP_ELEMENTS = 1 << 20
+"""A group's padded size on a CPU, in elements of its largest tensor (4 MB in fp32): the
+fastest of 2^18, 2^20, 2^22 and 2^24 for the stages at 16 and 64 mixed items on the
+2-core EPYC, where 2^24 made the source 3-6x slower."""
 
 
 def _held(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -70,9 +72,9 @@ def groups(lengths: Sequence[int], cost: int, device: torch.device) -> list[list
 
     On a GPU these stages are launch-bound and one group is the point.  On a CPU they are
     bound by memory: over a whole padded batch the source's tensors (items x samples x 9
-    harmonics) outgrow the caches, and the stage measured 2.5x slower than item by item at
-    64 mixed items (`benchmarks.levers --only loops`); groups of similar length that fit
-    keep both the padding and the tensors small.
+    harmonics) outgrow the caches: the source measured 2.5x slower than item by item at
+    64 mixed items of 0.5-4 s; groups of similar length that fit keep both the padding
+    and the tensors small.
     """
     if device.type != "cpu":
         return [list(range(len(lengths)))]
