@@ -67,6 +67,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
     threads = ns.threads or max(1, os.cpu_count() or 1)
+    if ns.device != "cpu" and levers != ["loops"]:
+        raise SystemExit("--device other than cpu is for --only loops; the rest measure the CPU")
     from kokoro_service.config import default_cache_dir
 
     weights = Weights(ns.cache_dir or default_cache_dir(), ns.model_dir)
@@ -91,8 +93,11 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         if x not in ("nodelay", "denormals", "warmup", "layout")  # these need no engine here
     ]
     if engine_levers:
-        b = Bench(weights, threads)
+        b = Bench(weights, threads, ns.device)
         res["meta"]["source"] = b.source.description
+        res["meta"]["device"] = b.engine.device
+        if b.engine.device.startswith("cuda"):
+            res["meta"]["gpu"] = torch.cuda.get_device_name(torch.device(b.engine.device))
         res["meta"]["voice"] = b.voice
         fns: dict[str, Callable[[], dict[str, Any]]] = {
             "grad": lambda: lever_grad(b, ns.runs),
@@ -136,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup-repeats", type=int, default=3, help="fresh processes per variant [3]")
     p.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedded-weights cache")
+    p.add_argument("--device", default="cpu", help="loops only: cuda, cuda:N or mps [cpu]")
     p.add_argument(
         "--model-dir",
         type=Path,

@@ -97,10 +97,11 @@ def versus(kept: list[float], other: list[float], scale: float = 1.0) -> dict[st
 
 
 class Bench:
-    """The daemon's engine on the CPU, loaded by the product's loader as ``serve`` loads it
-    (same source resolution, voice choice and warm-up), on this thread."""
+    """The daemon's engine on the CPU (or ``device``, for the levers that take one), loaded
+    by the product's loader as ``serve`` loads it (same source resolution, voice choice and
+    warm-up), on this thread."""
 
-    def __init__(self, weights: Weights, threads: int) -> None:
+    def __init__(self, weights: Weights, threads: int, device: str = "cpu") -> None:
         from kokoro_service.config import Settings
         from kokoro_service.daemon import load_engine
 
@@ -109,7 +110,7 @@ class Bench:
             Settings(
                 model_dir=weights.model_dir,
                 cache_dir=weights.cache_dir,
-                device="cpu",
+                device=device,
                 torch_threads=threads,
                 warmup=True,
                 precision="fp32",  # the levers below compare against fp32 eager

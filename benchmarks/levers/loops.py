@@ -2,15 +2,20 @@
 once over the whole batch (kept, :mod:`kokoro_service.synthesis.models.batched_source`)
 against item by item through kokoro's own modules, as ``forward_batch`` ran them before.
 
-Two figures per batch size B:
+Per batch size B:
 
 - **operations per pass**, counted at torch's dispatcher with the batch in one group, as
-  a GPU runs it: there each is at least one kernel launch, and a launch-bound pass costs
-  about what its launches do, on any GPU.  Counted for the stages alone and for a whole
-  ``forward_batch`` of B short segments;
-- **CPU time of the stages** per pass, as the CPU runs them (in groups of similar length,
-  :func:`~kokoro_service.synthesis.models.batched_source.groups`), the variants taking
-  turns.
+  a GPU runs it: there most are a kernel launch (a whole pass's 11 more per item are
+  views and host bookkeeping), and a launch-bound pass costs about what its launches do.
+  Counted for the stages alone and for a whole ``forward_batch`` of B short segments;
+- **time per pass** on the lever's device (``--device``, the CPU by default): of the stages,
+  and of whole ``forward_batch`` passes (on a CPU at B = 4 and 16 only), the variants
+  taking turns.  A CPU runs the stages in groups of similar length
+  (:func:`~kokoro_service.synthesis.models.batched_source.groups`), a GPU in one.
+
+On a GPU host, with the full-size random checkpoint that ``gpu_density.sh`` builds::
+
+    python -m benchmarks.levers --only loops --device cuda --model-dir CHECKPOINT
 
 Both run as they serve, unseeded.
 """
@@ -37,6 +42,7 @@ SIZES = (1, 4, 16, 64)
 # F0-curve steps per item (80 a second of audio): 0.5 to 4 s, the spread of phone replies.
 STEPS = (40, 120, 200, 320)
 SHORT = "Sure, one moment."
+PASS_SIZES_CPU = (4, 16)
 
 
 class _Count(TorchDispatchMode):
@@ -101,7 +107,7 @@ def _one_group() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _per_item_in_forward() -> Iterator[None]:
-    """``forward_batch`` with the per-item stages, for the whole-pass count."""
+    """``forward_batch`` with the per-item stages, as it ran before."""
     kept = batched.harmonic_spectrum, batched.inverse_stft
     batched.harmonic_spectrum, batched.inverse_stft = per_item_spectrum, per_item_inverse
     try:
@@ -125,28 +131,58 @@ def _stages(
     inverse(gen.stft, magnitude, phase, frames)
 
 
+def _turns(
+    variants: dict[str, Callable[[], object]], runs: int, sync: Callable[[], None]
+) -> dict[str, list[float]]:
+    """Seconds of each variant, ``runs`` times, taking turns (after one unmeasured run
+    each) so drift hits both alike; ``sync`` waits for the device before each clock."""
+    for fn in variants.values():
+        fn()
+    out: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(runs):
+        for name, fn in variants.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
 def lever_loops(b: Bench, runs: int) -> dict[str, Any]:
     from kokoro_service.synthesis.models.batched import BatchItem, forward_batch
 
     e = b.engine
+    device = e.model.device
     gen = e.model.decoder.generator
     assert isinstance(gen, Generator) and isinstance(gen.stft, TorchSTFT)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    # Whole passes on a CPU only where they take seconds, not minutes.
+    pass_sizes = PASS_SIZES_CPU if device.type == "cpu" else SIZES
     out: dict[str, Any] = {
         "what": "the generator's harmonic source + STFT + inverse STFT over B items, once "
         "over the batch (kept) vs item by item through kokoro's modules; operations "
-        "dispatched per pass (kernel launches on a GPU) and CPU ms per pass",
+        "dispatched per pass (kernel launches on a GPU) and ms per pass on the device, of "
+        "the stages and of whole forward_batch passes of B short segments",
+        "device": str(device),
         "runs": runs,
         "f0_steps_per_item": list(STEPS),
+        "pass_segment": SHORT,
     }
     ps = e.phonemize(SHORT, "a")[0].phonemes
     ref_s = e.voices.get(b.voice)[len(ps) - 1]
     g = torch.Generator().manual_seed(0)
     for size in SIZES:
         lengths = [STEPS[i % len(STEPS)] for i in range(size)]
-        f0 = torch.rand(size, max(lengths), generator=g) * 250
+        f0 = (torch.rand(size, max(lengths), generator=g) * 250).to(device)
         frames = [n * 60 + 1 for n in lengths]  # the generator's frames for F0 steps n
         magnitude = torch.rand(size, gen.post_n_fft // 2 + 1, max(frames), generator=g)
-        phase = torch.rand(magnitude.shape, generator=g) * 6 - 3
+        phase = (torch.rand(magnitude.shape, generator=g) * 6 - 3).to(device)
+        magnitude = magnitude.to(device)
 
         stages = (gen, f0, lengths, frames, magnitude, phase)
         kept = functools.partial(_stages, harmonic_spectrum, inverse_stft, *stages)
@@ -157,29 +193,27 @@ def lever_loops(b: Bench, runs: int) -> dict[str, Any]:
         def whole(items: list[BatchItem] = items) -> None:
             forward_batch(e.model, items)
 
+        def whole_per_item(items: list[BatchItem] = items) -> None:
+            with _per_item_in_forward():
+                forward_batch(e.model, items)
+
         with torch.inference_mode(), _one_group():
             stage_ops = {"kept": _count(kept), "per_item": _count(per_item)}
-            pass_ops = {"kept": _count(whole)}
-            with _per_item_in_forward():
-                pass_ops["per_item"] = _count(whole)
+            pass_ops = {"kept": _count(whole), "per_item": _count(whole_per_item)}
         with torch.inference_mode():
-            times: dict[str, list[float]] = {"kept": [], "per_item": []}
-            kept()
-            per_item()
-            for _ in range(runs):  # taking turns, so drift hits both alike
-                for name, fn in (("kept", kept), ("per_item", per_item)):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
-        row = {
-            "stage_ops": stage_ops,
-            "forward_batch_ops": pass_ops,
-            "stage_ms": versus(times["kept"], times["per_item"], scale=1e3),
-        }
+            times = _turns({"kept": kept, "per_item": per_item}, runs, sync)
+            row: dict[str, Any] = {
+                "stage_ops": stage_ops,
+                "forward_batch_ops": pass_ops,
+                "stage_ms": versus(times["kept"], times["per_item"], scale=1e3),
+            }
+            if size in pass_sizes:
+                passes = _turns({"kept": whole, "per_item": whole_per_item}, runs, sync)
+                row["forward_batch_ms"] = versus(passes["kept"], passes["per_item"], scale=1e3)
         out[f"b{size}"] = row
         log(
             f"loops B={size}: stage ops {stage_ops}, pass ops {pass_ops}, stage ms "
             f"{row['stage_ms']['kept']['p50']} kept, {row['stage_ms']['alternative']['p50']} "
-            "per item"
+            f"per item; pass ms {row.get('forward_batch_ms')}"
         )
     return out
