@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from kokoro_service.calls.batchtime import fit_cost
-from kokoro_service.errors import SynthesisError, VoiceError
+from kokoro_service.errors import SynthesisError
 from kokoro_service.synthesis.engine import Engine, G2PChunk, Request, Synthesis, WarmUp
 from kokoro_service.synthesis.models.sources import ModelSource
 from kokoro_service.types import SAMPLE_RATE
@@ -132,8 +132,9 @@ class SimulatedEngine(Engine):
         phonemes: Future[list[G2PChunk]] | None = None,
     ) -> Synthesis:
         t0 = time.perf_counter()
-        self.voices.get(voice)
-        chunks = self._checked_phonemes(text, lang, phonemes)
+        (chunks,) = self.batch_phonemes([Request(text, voice, lang, speed, phonemes)])
+        if isinstance(chunks, Exception):
+            raise chunks
         frames = [self.calibration.frames(len(c.phonemes), speed) for c in chunks]
         for f in frames:  # one pass per chunk, as the real batch-1 path runs them
             self.sim.run(1, f)
@@ -148,12 +149,7 @@ class SimulatedEngine(Engine):
         for i, (req, chunks) in enumerate(
             zip(requests, self.batch_phonemes(requests), strict=True)
         ):
-            try:
-                self.voices.get(req.voice)
-            except VoiceError as exc:
-                results[i] = exc
-                continue
-            if isinstance(chunks, Exception):
+            if isinstance(chunks, Exception):  # a bad voice, or G2P failed
                 results[i] = chunks
                 continue
             planned[i] = (
@@ -174,16 +170,6 @@ class SimulatedEngine(Engine):
         warm = super().warm_up(voice, lang, max_batch)
         self.sim = SimulatedDevice(self.calibration)
         return warm
-
-    def _checked_phonemes(
-        self, text: str, lang: str, ahead: Future[list[G2PChunk]] | None
-    ) -> list[G2PChunk]:
-        try:
-            return self._phonemes(text, lang, ahead)
-        except VoiceError:
-            raise
-        except Exception as exc:
-            raise SynthesisError(f"{type(exc).__name__}: {exc}") from exc
 
     def _result(self, chunks: list[G2PChunk], frames: list[int], seconds: float) -> Synthesis:
         samples = sum(frames) * SAMPLES_PER_FRAME

@@ -492,7 +492,7 @@ class Engine:
         except VoiceError:
             raise
         except Exception as exc:
-            raise SynthesisError(f"{type(exc).__name__}: {exc}") from exc
+            raise request_error(exc) from exc
         words = self._word_times(text, chunks, durations, pieces)
         return _synthesis(pieces, time.perf_counter() - t0, chunks, words)
 
@@ -547,11 +547,8 @@ class Engine:
                 ]
                 for item in mine:
                     batched.token_ids(self.model, item.phonemes)
-            except VoiceError as exc:
-                results[i] = exc
-                continue
             except Exception as exc:
-                results[i] = SynthesisError(f"{type(exc).__name__}: {exc}")
+                results[i] = request_error(exc)
                 continue
             phonemes[i] = chunks
             items += mine
@@ -600,10 +597,8 @@ class Engine:
                     out.append(self._phonemize_ahead(req.text, req.lang))
                 else:
                     out.append(self._phonemes(req.text, req.lang, req.phonemes))
-            except VoiceError as exc:
-                out.append(exc)
             except Exception as exc:
-                out.append(SynthesisError(f"{type(exc).__name__}: {exc}"))
+                out.append(request_error(exc))
         return out
 
     def _phonemes(
@@ -750,6 +745,14 @@ def _chunk_words(
         if any(c.isalnum() for c in text):
             out.append(Word(text, offset + ends[first - 1] * scale, offset + ends[last] * scale))
     return out
+
+
+def request_error(exc: Exception) -> Exception:
+    """What one request's failure is reported as: a bad voice as itself, anything else
+    (G2P, input the model cannot take) as a :class:`SynthesisError` naming the cause."""
+    if isinstance(exc, VoiceError):
+        return exc
+    return SynthesisError(f"{type(exc).__name__}: {exc}")
 
 
 def _synthesis(
