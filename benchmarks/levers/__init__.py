@@ -28,7 +28,9 @@ the alternative, one module per question (each module's docstring says more):
 * ``batching`` (:mod:`.batching`): segments of different calls in one batched forward
   pass against the same segments one after another;
 * ``g2p`` (:mod:`.g2p`): a burst of segments queued for English G2P, tagged together
-  per batch against each tagged alone.
+  per batch against each tagged alone;
+* ``loops`` (:mod:`.loops`): the vocoder's source and STFTs once over a batch against
+  item by item: operations per pass and time (``--device`` for a GPU).
 
 Every engine is loaded by the product's own loader (:mod:`kokoro_service.daemon`). The
 engine levers run on this process's main thread with one engine, :class:`.common.Bench`;
