@@ -3,19 +3,22 @@
 misaki's English G2P tags each segment with spaCy (``tok2vec`` and ``tagger``) before its
 lexicon reads it.  For a telephony segment that was 3.7 ms of the 5.7 ms its G2P took on
 this project's 2-core host, mostly small matrix products whose fixed cost every call
-pays.  ``nlp.pipe`` over 16 waiting segments tags them for about 1 ms each, with the same
-tags (the phone corpus at batch sizes 4, 16 and 64: no tag differed; the unit test
-compares the phonemes of it and five agent replies).  So when segments wait for G2P
-together, as in a burst of new calls, they are tagged in one pass and misaki reads the
-docs made for them; a segment tagged alone costs what it did before.
+pays.  ``nlp.pipe`` over 16 waiting segments tags them for about 1 ms each (0.5 ms
+through NumPy's BLAS, below, where a lone segment takes 2.2 ms), with the same tags (the
+phone corpus at batch sizes 4, 16 and 64: no tag differed; the unit test compares the
+phonemes of it and five agent replies).  So when segments wait for G2P together, as in
+a burst of new calls, they are tagged in one pass and misaki reads the docs made for
+them; a segment tagged alone costs what it did before.
 
 Nothing here changes what misaki does with a doc: :class:`BatchTagger` stands in for
 misaki's ``nlp`` and hands it, for a text, a doc tagged ahead from that same text, or
-tags the text then and there.
+tags the text then and there.  :func:`tag_through_numpy` has the tagger multiply through
+NumPy's BLAS, which picks a fast kernel on CPUs that thinc's own BLAS does not know.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -94,6 +97,47 @@ class BatchTagger:
         self._count -= 1
         if not docs:
             del self._waiting[key]
+
+
+def tag_through_numpy(pipe: object) -> bool:
+    """Have ``pipe``'s spaCy model multiply through NumPy's BLAS rather than cython-blis.
+
+    thinc multiplies with cython-blis, which chooses its kernels by CPU model.  On this
+    project's hosts (``AMD EPYC``, family 25, AVX2) it chose its ``generic`` reference
+    kernels (``BLIS_ARCH_DEBUG=1``), and a tok2vec product of 10-100 tokens by 288 took
+    2.4-3.8x longer there than through NumPy's OpenBLAS, which picks its kernel by the
+    CPU's features.  The tags are the same: none differed over 1,400 English sentences,
+    alone or 16 to a pass (the unit test compares the phone corpus).
+
+    NumPy's OpenBLAS is held to one thread, process-wide (nothing else in the daemon
+    multiplies through it; torch has its own): the G2P thread is one of many in a busy
+    daemon, and OpenBLAS's second thread spins while idle, which took the daemon's CPU
+    from 4.0 to 6.0 s for the same 64 calls on the simulated device.
+
+    Returns whether ``pipe`` has a spaCy model (only misaki's English G2P does).
+    """
+    g2p = getattr(pipe, "g2p", None)
+    nlp = getattr(g2p, "nlp", None)
+    nlp = nlp.nlp if isinstance(nlp, BatchTagger) else nlp
+    components = getattr(nlp, "pipeline", None)
+    if not components:
+        return False
+    from thinc.api import NumpyOps  # spaCy's own dependency: English G2P has it
+
+    _one_blas_thread()
+    ops = NumpyOps(use_blis=False)
+    for _, component in components:
+        model = getattr(component, "model", None)
+        for node in model.walk() if model is not None else ():
+            node.ops = ops
+    return True
+
+
+@functools.cache
+def _one_blas_thread() -> None:
+    from threadpoolctl import ThreadpoolController
+
+    ThreadpoolController().limit(limits=1, user_api="blas")
 
 
 def batch_tagger(pipe: object) -> BatchTagger | None:

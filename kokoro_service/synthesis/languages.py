@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kokoro_service.synthesis.g2p_batch import tag_through_numpy
+
 
 @dataclass(frozen=True, slots=True)
 class Language:
@@ -111,7 +113,9 @@ def new_pipeline(lang: str, repo_id: str) -> Any:
     from kokoro import KPipeline
 
     if lang != "j":
-        return KPipeline(lang_code=lang, repo_id=repo_id, model=False)
+        pipe = KPipeline(lang_code=lang, repo_id=repo_id, model=False)
+        tag_through_numpy(pipe)  # English: spaCy's tagger on a BLAS that knows the CPU
+        return pipe
     g2p = JapaneseG2P()
     # KPipeline's constructor would build misaki's JAG2P (fugashi and unidic): this sets
     # the fields its __call__ reads for a quiet pipeline, with the offline G2P instead.

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from kokoro_service.synthesis.engine import Engine, Request
-from kokoro_service.synthesis.g2p_batch import MAX_WAITING_DOCS, BatchTagger, batch_tagger
+from kokoro_service.synthesis.g2p_batch import (
+    MAX_WAITING_DOCS,
+    BatchTagger,
+    batch_tagger,
+    tag_through_numpy,
+)
 from kokoro_service.synthesis.languages import new_pipeline
 from kokoro_service.synthesis.models.architecture import REPO_ID
 from tests.phone_corpus import PHONE_CORPUS
@@ -87,6 +93,35 @@ def test_other_languages_are_left_as_they_are() -> None:
 
     assert batch_tagger(NoTagger()) is None
     assert batch_tagger(object()) is None
+
+
+def test_the_tagger_multiplies_through_numpy_and_tags_as_blis_does(english: Any) -> None:
+    """English pipelines tag through NumPy's BLAS, with the tags thinc's cython-blis gives."""
+    from thinc.api import NumpyOps
+
+    nlp = english.g2p.nlp
+    nlp = nlp.nlp if isinstance(nlp, BatchTagger) else nlp
+    nodes = [n for _, c in nlp.pipeline for n in c.model.walk()]
+    assert nodes and not any(n.ops.use_blis for n in nodes)  # new_pipeline switched them
+
+    def tags() -> list[list[str]]:
+        alone = [[t.tag_ for t in nlp(x)] for x in TEXTS]
+        together = [[t.tag_ for t in d] for d in nlp.pipe(TEXTS, batch_size=16)]
+        return alone + together
+
+    ours = tags()
+    kept = [n.ops for n in nodes]
+    blis = NumpyOps(use_blis=True)
+    for n in nodes:
+        n.ops = blis
+    try:
+        theirs = tags()
+    finally:
+        for n, ops in zip(nodes, kept, strict=True):
+            n.ops = ops
+    assert ours == theirs
+    assert tag_through_numpy(english)  # again: it finds the model behind the BatchTagger
+    assert not tag_through_numpy(SimpleNamespace(g2p=SimpleNamespace()))  # no spaCy model
 
 
 def test_a_batch_takes_back_waiting_g2p_and_tags_it_in_one_pass(engine: Engine) -> None:
