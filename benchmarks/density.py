@@ -3,10 +3,11 @@
 For each serving mode (``batch1``: the daemon with ``--max-batch 1``; ``batched``: with
 ``--max-batch B`` and the latency-first policy; ``batched-fill``: the same with the earlier
 policy, which fills every batch; ``batched-g2p1``: ``batched`` with each segment's G2P
-tagged alone, ``--g2p-batch 1``), one daemon after the other, it drives N concurrent calls
-over the real TCP protocol, N = 1, 2, 4 ... 512.  Each call arrives at a seeded random
-moment within the arrival window, says HELLO, streams one of a few realistic
-three-sentence agent replies as LLM token pieces (3-6 characters every
+tagged alone, ``--g2p-batch 1``; ``batched-blis``: ``batched`` with spaCy's tagger on
+thinc's own BLAS, on the simulated device only), one daemon after the other, it drives
+N concurrent calls over the real TCP protocol, N = 1, 2, 4 ... 512.  Each call arrives
+at a seeded random moment within the arrival window, says HELLO, streams one of a few
+realistic three-sentence agent replies as LLM token pieces (3-6 characters every
 ``--token-delay-ms``), sends BYE and reads to END.  A real-time player per call
 (``callers.playback``) turns the AUDIO frames' arrival times into time to first audio
 (first frame minus the first piece sent) and stalls.
@@ -73,8 +74,9 @@ from benchmarks.lib.stages import TraceReader, stage_summary
 from benchmarks.lib.tables import markdown
 
 # batched-g2p1: batched with each segment's G2P tagged alone (--g2p-batch 1), the baseline
-# of tagging queued segments together.
-MODES = ("batch1", "batched", "batched-fill", "batched-g2p1")
+# of tagging queued segments together; batched-blis: batched with spaCy's tagger on
+# cython-blis, the baseline of tagging through NumPy's BLAS (the simulated daemon's switch).
+MODES = ("batch1", "batched", "batched-fill", "batched-g2p1", "batched-blis")
 DEFAULT_MODES = "batch1,batched"
 FULL_NS = "1,2,4,8,16,32,64,128,256,512"
 W = WER_SENTENCES
@@ -537,6 +539,8 @@ def run_mode(
     if ns.device == "simulated":
         launcher = [sys.executable, "-m", "benchmarks.lib.simulated_daemon"]
         launcher += ["--calibration", str(ns.calibration)]
+        if mode == "batched-blis":
+            launcher.append("--tagger-blis")
     daemon = Daemon(serve, ns.cache_dir, "info", workdir=workdir, launcher=launcher)
     guard = Guard(threshold_pct=25.0, retries=ns.retries)
     out.update(
@@ -754,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     modes = [m.strip() for m in ns.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         raise SystemExit(f"--modes must name some of {', '.join(MODES)}, got {ns.modes!r}")
+    if "batched-blis" in modes and ns.device != "simulated":
+        raise SystemExit("--modes batched-blis needs --device simulated (its daemon's switch)")
     nlist = _ints(ns.ns)
     _raise_fd_limit(2 * max(nlist) + 256)
     t0 = time.monotonic()

@@ -29,6 +29,8 @@ the alternative, one module per question (each module's docstring says more):
   pass against the same segments one after another;
 * ``g2p`` (:mod:`.g2p`): a burst of segments queued for English G2P, tagged together
   per batch against each tagged alone;
+* ``tagger`` (:mod:`.g2p`): the same bursts with spaCy's tagger multiplying through
+  NumPy's BLAS against thinc's cython-blis;
 * ``loops`` (:mod:`.loops`): the vocoder's source and STFTs once over a batch against
   item by item: operations per pass and time (``--device`` for a GPU).
 

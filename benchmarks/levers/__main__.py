@@ -21,7 +21,7 @@ import benchmarks.levers
 from benchmarks.levers.batching import lever_batching
 from benchmarks.levers.common import Bench
 from benchmarks.levers.engine import lever_copies, lever_grad, lever_threads, lever_voices
-from benchmarks.levers.g2p import lever_g2p
+from benchmarks.levers.g2p import lever_g2p, lever_tagger
 from benchmarks.levers.int8 import lever_int8, lever_onnxruntime
 from benchmarks.levers.loops import lever_loops
 from benchmarks.levers.nodelay import lever_nodelay
@@ -47,6 +47,7 @@ LEVERS = (
     "onnxruntime",
     "batching",
     "g2p",
+    "tagger",
     "loops",
 )
 
@@ -111,6 +112,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             "onnxruntime": lambda: lever_onnxruntime(b, max(1, ns.runs // 5)),
             "batching": lambda: lever_batching(b, max(1, ns.runs // 5)),
             "g2p": lambda: lever_g2p(b, ns.runs),
+            "tagger": lambda: lever_tagger(b, ns.runs),
             "loops": lambda: lever_loops(b, ns.runs),
         }
         for name in engine_levers:

@@ -109,7 +109,9 @@ class SimulatedEngine(Engine):
         default_lang: str = "a",
         torch_threads: int | None = None,
         calibration: Calibration | None = None,
+        tagger_blis: bool = False,
     ) -> None:
+        self.tagger_blis = tagger_blis
         super().__init__(
             source, device="cpu", default_lang=default_lang, torch_threads=torch_threads
         )
@@ -121,6 +123,13 @@ class SimulatedEngine(Engine):
         noise = np.random.default_rng(0).standard_normal(_NOISE_SECONDS * SAMPLE_RATE) * 0.01
         self._noise = noise.astype(np.float32)
         self._noise.flags.writeable = False
+
+    def pipeline(self, lang: str) -> object:
+        pipe = super().pipeline(lang)
+        if self.tagger_blis and not getattr(pipe, "_on_blis", False):
+            use_blis(pipe)
+            pipe._on_blis = True  # type: ignore[attr-defined]
+        return pipe
 
     def synthesize(
         self,
@@ -178,6 +187,19 @@ class SimulatedEngine(Engine):
         reps = -(-samples // len(self._noise))
         audio = self._noise[:samples] if reps == 1 else np.tile(self._noise, reps)[:samples]
         return Synthesis(audio, seconds, " / ".join(c.phonemes for c in chunks))
+
+
+def use_blis(pipe: object) -> None:
+    """Put ``pipe``'s spaCy tagger back on thinc's cython-blis, as spaCy comes: the
+    baseline of :func:`~kokoro_service.synthesis.g2p_batch.tag_through_numpy`."""
+    from thinc.api import NumpyOps
+
+    nlp = getattr(getattr(pipe, "g2p", None), "nlp", None)
+    nlp = getattr(nlp, "nlp", nlp)  # behind the BatchTagger
+    ops = NumpyOps(use_blis=True)
+    for _, component in getattr(nlp, "pipeline", ()):
+        for node in component.model.walk() if hasattr(component, "model") else ():
+            node.ops = ops
 
 
 def fit_calibration(records: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """``kokoro-service serve`` on a simulated device: the real daemon, a slept forward pass.
 
-    python -m benchmarks.lib.simulated_daemon [--calibration FILE] SERVE-ARGS...
+    python -m benchmarks.lib.simulated_daemon [--calibration FILE] [--tagger-blis] SERVE-ARGS...
 
 Everything but the model's forward pass is the product's (see :mod:`.simdevice`).  The
 vocoder precision is pinned to fp32: its start-up check compares real renderings, which a
-simulated pass does not make.
+simulated pass does not make.  ``--tagger-blis`` leaves spaCy's tagger on thinc's own
+BLAS, the baseline of the product's NumPy BLAS (``density.py``'s ``batched-blis`` mode).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kokoro_service.logs import EscapingFormatter
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION)
+    p.add_argument("--tagger-blis", action="store_true", help="spaCy's tagger on cython-blis")
     ns, serve_args = p.parse_known_args(argv)
     settings = serve_settings([*serve_args, "--precision", "fp32"])
     handler = logging.StreamHandler(sys.stderr)
@@ -39,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         calibration.fixed_s * 1e3,
         calibration.per_item_frame_s * 1e6,
     )
-    code = run(settings, make_engine=functools.partial(SimulatedEngine, calibration=calibration))
+    make_engine = functools.partial(
+        SimulatedEngine, calibration=calibration, tagger_blis=ns.tagger_blis
+    )
+    code = run(settings, make_engine=make_engine)
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)  # as ``serve`` does: worker threads may still be parked
