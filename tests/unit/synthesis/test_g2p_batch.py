@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.lib.simdevice import use_blis
 from kokoro_service.synthesis.engine import Engine, Request
 from kokoro_service.synthesis.g2p_batch import (
     MAX_WAITING_DOCS,
@@ -96,31 +97,27 @@ def test_other_languages_are_left_as_they_are() -> None:
 
 
 def test_the_tagger_multiplies_through_numpy_and_tags_as_blis_does(english: Any) -> None:
-    """English pipelines tag through NumPy's BLAS, with the tags thinc's cython-blis gives."""
-    from thinc.api import NumpyOps
-
+    """English pipelines tag through NumPy's BLAS, with the tags thinc's cython-blis gives
+    (the simulated daemon's ``--tagger-blis`` puts it back, for density.py's baseline)."""
     nlp = english.g2p.nlp
     nlp = nlp.nlp if isinstance(nlp, BatchTagger) else nlp
     nodes = [n for _, c in nlp.pipeline for n in c.model.walk()]
-    assert nodes and not any(n.ops.use_blis for n in nodes)  # new_pipeline switched them
 
     def tags() -> list[list[str]]:
         alone = [[t.tag_ for t in nlp(x)] for x in TEXTS]
         together = [[t.tag_ for t in d] for d in nlp.pipe(TEXTS, batch_size=16)]
         return alone + together
 
+    assert nodes and not any(n.ops.use_blis for n in nodes)  # new_pipeline switched them
     ours = tags()
-    kept = [n.ops for n in nodes]
-    blis = NumpyOps(use_blis=True)
-    for n in nodes:
-        n.ops = blis
+    use_blis(english)
     try:
+        assert all(n.ops.use_blis for n in nodes)
         theirs = tags()
     finally:
-        for n, ops in zip(nodes, kept, strict=True):
-            n.ops = ops
+        assert tag_through_numpy(english)  # it finds the model behind the BatchTagger
+    assert not any(n.ops.use_blis for n in nodes)
     assert ours == theirs
-    assert tag_through_numpy(english)  # again: it finds the model behind the BatchTagger
     assert not tag_through_numpy(SimpleNamespace(g2p=SimpleNamespace()))  # no spaCy model
 
 
