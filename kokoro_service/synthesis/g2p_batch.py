@@ -106,8 +106,9 @@ def tag_through_numpy(pipe: object) -> bool:
     project's hosts (``AMD EPYC``, family 25, AVX2) it chose its ``generic`` reference
     kernels (``BLIS_ARCH_DEBUG=1``), and a tok2vec product of 10-100 tokens by 288 took
     2.4-3.8x longer there than through NumPy's OpenBLAS, which picks its kernel by the
-    CPU's features.  The tags are the same: none differed over 1,400 English sentences,
-    alone or 16 to a pass (the unit test compares the phone corpus).
+    CPU's features.  The tags are the same: none differed over 1,400 English sentences
+    (Python's docstrings and the phone corpus), alone or 16 to a pass (the unit test
+    compares the phone corpus).
 
     NumPy's OpenBLAS is held to one thread, process-wide (nothing else in the daemon
     multiplies through it; torch has its own): the G2P thread is one of many in a busy
