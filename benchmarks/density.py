@@ -4,11 +4,12 @@ For each serving mode (``batch1``: the daemon with ``--max-batch 1``; ``batched`
 ``--max-batch B`` and the latency-first policy; ``batched-fill``: the same with the earlier
 policy, which fills every batch; ``batched-g2p1``: ``batched`` with each segment's G2P
 tagged alone, ``--g2p-batch 1``; ``batched-blis``: ``batched`` with spaCy's tagger on
-thinc's own BLAS, on the simulated device only), one daemon after the other, it drives
-N concurrent calls over the real TCP protocol, N = 1, 2, 4 ... 512.  Each call arrives
-at a seeded random moment within the arrival window, says HELLO, streams one of a few
-realistic three-sentence agent replies as LLM token pieces (3-6 characters every
-``--token-delay-ms``), sends BYE and reads to END.  A real-time player per call
+thinc's own BLAS, on the simulated device only; ``batched-serial``: ``batched`` with each
+batch delivered before the next forms, ``--no-overlap-delivery``), one daemon after the
+other, it drives N concurrent calls over the real TCP protocol, N = 1, 2, 4 ... 512.
+Each call arrives at a seeded random moment within the arrival window, says HELLO,
+streams one of a few realistic three-sentence agent replies as LLM token pieces (3-6
+characters every ``--token-delay-ms``), sends BYE and reads to END.  A real-time player per call
 (``callers.playback``) turns the AUDIO frames' arrival times into time to first audio
 (first frame minus the first piece sent) and stalls.
 
@@ -75,8 +76,10 @@ from benchmarks.lib.tables import markdown
 
 # batched-g2p1: batched with each segment's G2P tagged alone (--g2p-batch 1), the baseline
 # of tagging queued segments together; batched-blis: batched with spaCy's tagger on
-# cython-blis, the baseline of tagging through NumPy's BLAS (the simulated daemon's switch).
-MODES = ("batch1", "batched", "batched-fill", "batched-g2p1", "batched-blis")
+# cython-blis, the baseline of tagging through NumPy's BLAS (the simulated daemon's switch);
+# batched-serial: batched with delivery in the worker (--no-overlap-delivery), the baseline
+# of delivering while the next batch runs.
+MODES = ("batch1", "batched", "batched-fill", "batched-g2p1", "batched-blis", "batched-serial")
 DEFAULT_MODES = "batch1,batched"
 FULL_NS = "1,2,4,8,16,32,64,128,256,512"
 W = WER_SENTENCES
@@ -518,6 +521,8 @@ def serve_args_for(mode: str, ns: argparse.Namespace, max_n: int) -> list[str]:
     args += ["--batch-policy", "fill" if mode == "batched-fill" else "latency"]
     if mode == "batched-g2p1":
         args += ["--g2p-batch", "1"]
+    if mode == "batched-serial":
+        args += ["--no-overlap-delivery"]
     return [*args, *shlex.split(ns.extra_daemon_args)]
 
 

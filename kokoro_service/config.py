@@ -276,6 +276,11 @@ class Settings:
         lo=1,
         hi=64,
     )
+    overlap_delivery: bool = knob(
+        True,
+        "Hand a batch's audio to the calls in a thread of its own, so that the next batch "
+        "forms and starts while it is delivered (batched serving).",
+    )
     batch_policy: str = knob(
         "latency",
         "How batches form: latency cuts a batch where its predicted time passes twice a "

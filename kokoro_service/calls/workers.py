@@ -5,14 +5,23 @@ Each worker takes the next batch of segments from the scheduler (one segment whe
 audio (:meth:`Calls.deliver`), then lets each call cut its next segment
 (:meth:`Calls.segment_done`).  A failure inside one segment is logged and that call goes
 on with its next one; the other calls in the batch are not touched.
+
+With ``--overlap-delivery`` (the default) a batched worker hands its batch's results to a
+delivery thread of its own and forms the next batch at once: on the simulated H200 at 256
+calls the device had sat idle for 0.64 s of a 10.6 s round while the worker delivered.
+One batch at most waits for delivery, so a slow delivery holds the worker back rather
+than growing a queue.  A call's next segment is claimed only after its delivery (the
+scheduler keeps one segment in flight per call), so each call's audio keeps its order.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
+from dataclasses import dataclass
 
 from kokoro_service.calls.scheduler import Scheduler, Segment
 from kokoro_service.calls.table import Call, Calls
@@ -43,6 +52,17 @@ class BatchCounts:
             return dict(sorted(self._counts.items()))
 
 
+@dataclass(slots=True)
+class _Done:
+    """A synthesized batch, on its way to its calls."""
+
+    wanted: list[tuple[Call, Segment]]
+    results: list[Synthesis | Exception]
+    claimed: float
+    start: float
+    end: float
+
+
 class Worker:
     """One synthesis thread's loop.
 
@@ -60,6 +80,7 @@ class Worker:
         batch_chars: int | None = None,
         counts: BatchCounts | None = None,
         trace: SegmentTrace | None = None,
+        overlap_delivery: bool = False,
     ) -> None:
         self.engine = engine
         self.scheduler = scheduler
@@ -68,12 +89,32 @@ class Worker:
         self.batch_chars = batch_chars
         self.counts = counts if counts is not None else BatchCounts()
         self.trace = trace
+        self.overlap_delivery = overlap_delivery and max_batch > 1
+        self._done: queue.Queue[_Done | None] = queue.Queue(maxsize=1)
+        self._delivery_error: BaseException | None = None
 
     def prepare(self) -> None:
         self.engine.bind_thread()
 
     def run(self) -> None:
+        if not self.overlap_delivery:
+            self._run()
+            return
+        name = f"{threading.current_thread().name}-delivery"
+        delivery = threading.Thread(target=self._delivery_loop, name=name, daemon=True)
+        delivery.start()
+        try:
+            self._run()
+        finally:  # what was synthesized is delivered before the worker ends
+            self._done.put(None)
+            delivery.join()
+        if self._delivery_error is not None:
+            raise self._delivery_error
+
+    def _run(self) -> None:
         while True:
+            if self._delivery_error is not None:  # the server's guard logs it and stops
+                raise self._delivery_error
             jobs = self.scheduler.next_batch(self.max_batch, self.batch_chars, timeout=TICK)
             if not jobs:
                 if self.scheduler.stopped:
@@ -110,25 +151,45 @@ class Worker:
                 if any(isinstance(r, Synthesis) and r.audio is not None for r in results):
                     longest = max(len(r.text) for r in requests)
                     self.scheduler.clock.record(len(requests), longest, end - start)
-                for (call, seg), result in zip(wanted, results, strict=True):
-                    self._deliver(call, seg, result)
-                    if self.trace is not None:
-                        self.trace.write(
-                            {
-                                "call": call.call_id,
-                                "first": seg.first,
-                                "chars": len(seg.text),
-                                "size": len(requests),
-                                "audio_s": _audio_seconds(result),
-                                "cut": seg.cut_at,
-                                "claimed": claimed,
-                                "start": start,
-                                "end": end,
-                                "delivered": time.monotonic(),
-                            }
-                        )
-            for call, seg in wanted:
-                self.calls.segment_done(call, seg)
+                done = _Done(wanted, results, claimed, start, end)
+                if self.overlap_delivery:
+                    self._done.put(done)  # waits while the batch before is delivered
+                else:
+                    self._hand_over(done)
+
+    def _delivery_loop(self) -> None:
+        while True:
+            done = self._done.get()
+            if done is None:
+                return
+            if self._delivery_error is not None:
+                continue  # the worker is stopping; nothing more can be handed over
+            try:
+                self._hand_over(done)
+            except BaseException as exc:  # a bug: the worker re-raises it in its thread
+                self._delivery_error = exc
+
+    def _hand_over(self, done: _Done) -> None:
+        """Each call its audio (or its error logged), then its next segment."""
+        for (call, seg), result in zip(done.wanted, done.results, strict=True):
+            self._deliver(call, seg, result)
+            if self.trace is not None:
+                self.trace.write(
+                    {
+                        "call": call.call_id,
+                        "first": seg.first,
+                        "chars": len(seg.text),
+                        "size": len(done.wanted),
+                        "audio_s": _audio_seconds(result),
+                        "cut": seg.cut_at,
+                        "claimed": done.claimed,
+                        "start": done.start,
+                        "end": done.end,
+                        "delivered": time.monotonic(),
+                    }
+                )
+        for call, seg in done.wanted:
+            self.calls.segment_done(call, seg)
 
     def _synthesize(
         self, requests: list[Request], owners: list[tuple[Call, Segment]]

@@ -202,6 +202,7 @@ class Server:
                 batch_chars=s.batch_chars,
                 counts=self.batches,
                 trace=self.trace,
+                overlap_delivery=s.overlap_delivery,
             )
             for _ in range(s.workers)
         ]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import cast
+from typing import Any, cast
+
+import pytest
 
 from kokoro_service.calls.scheduler import CallWork, Scheduler, Segment
 from kokoro_service.server.server import Server
@@ -184,6 +186,74 @@ def test_a_client_vanishing_inside_a_batch_harms_no_other_call(
 
 def _seg(text: str, first: bool = True) -> Segment:
     return Segment(text, "af_sky", "a", 1.0, 0, first)
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "serial"])
+def test_the_next_batch_runs_while_the_last_is_delivered(
+    daemon: DaemonFactory, engine: Engine, monkeypatch: pytest.MonkeyPatch, overlap: bool
+) -> None:
+    """``--overlap-delivery``: a batch's audio is handed to its calls in another thread,
+    so another call's batch reaches the engine meanwhile; with it off, not until then."""
+    server, gated = gated_server(daemon, engine, max_batch=4, overlap_delivery=overlap)
+    gated.open()
+    real = server.calls.deliver
+    holding, release = threading.Event(), threading.Event()
+
+    def deliver(*args: Any, **kwargs: Any) -> int | None:
+        if not holding.is_set():  # the first delivery waits for the test
+            holding.set()
+            assert release.wait(TEST_TIMEOUT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server.calls, "deliver", deliver)
+    texts = {"611": "Thanks for calling.", "612": "One moment."}
+    replies: dict[str, Reply] = {}
+
+    def run(call_id: str) -> None:
+        replies[call_id] = speak(*server.tcp_address, call_id, [texts[call_id]])
+
+    threads = [threading.Thread(target=run, args=("611",))]
+    threads[0].start()
+    assert gated.next_batch() == [texts["611"]]
+    assert holding.wait(TEST_TIMEOUT)  # 611's audio is being delivered
+    threads.append(threading.Thread(target=run, args=("612",)))
+    threads[1].start()
+    if overlap:
+        assert gated.next_batch() == [texts["612"]]  # while 611's delivery waits
+    else:
+        with pytest.raises(queue.Empty):  # the worker itself is delivering
+            gated.entered.get(timeout=1.0)
+    release.set()
+    if not overlap:
+        assert gated.next_batch() == [texts["612"]]
+    for t in threads:
+        t.join(TEST_TIMEOUT)
+    for call_id, text in texts.items():
+        assert_clean_reply(replies[call_id])
+        assert lengths(replies[call_id]) == expected_lengths(engine, [text], "af_sky", 1.0)
+
+
+def test_a_delivery_that_fails_stops_the_daemon_as_a_worker_would(
+    daemon: DaemonFactory, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the delivery thread is not lost there: the worker re-raises it, and the
+    server records it and stops, as for a failure in the worker itself."""
+    server = daemon(max_batch=4)
+
+    def deliver(*args: Any, **kwargs: Any) -> int | None:
+        raise RuntimeError("a bug in delivery (injected by the test)")
+
+    monkeypatch.setattr(server.calls, "deliver", deliver)
+    client = threading.Thread(
+        target=lambda: speak(*server.tcp_address, "621", ["Hello."], timeout=TEST_TIMEOUT),
+        daemon=True,
+    )
+    client.start()
+    assert wait_for(lambda: server.thread_error is not None)
+    assert "injected by the test" in str(server.thread_error)
+    assert server.stop(drain_timeout=0.0) is False  # the call was abandoned, not drained
+    client.join(TEST_TIMEOUT)
+    assert not client.is_alive()
 
 
 def test_batch_takes_one_segment_per_call_most_urgent_first() -> None:
