@@ -4,8 +4,8 @@ For each serving mode (``batch1``: the daemon with ``--max-batch 1``; ``batched`
 ``--max-batch B`` and the latency-first policy; ``batched-fill``: the same with the earlier
 policy, which fills every batch; ``batched-g2p1``: ``batched`` with each segment's G2P
 tagged alone, ``--g2p-batch 1``; ``batched-blis``: ``batched`` with spaCy's tagger on
-thinc's own BLAS, on the simulated device only; ``batched-serial``: ``batched`` with each
-batch delivered before the next forms, ``--no-overlap-delivery``), one daemon after the
+thinc's own BLAS, on the simulated device only; ``batched-overlap``: ``batched`` with each
+batch delivered while the next forms, ``--overlap-delivery``), one daemon after the
 other, it drives N concurrent calls over the real TCP protocol, N = 1, 2, 4 ... 512.
 Each call arrives at a seeded random moment within the arrival window, says HELLO,
 streams one of a few realistic three-sentence agent replies as LLM token pieces (3-6
@@ -77,9 +77,9 @@ from benchmarks.lib.tables import markdown
 # batched-g2p1: batched with each segment's G2P tagged alone (--g2p-batch 1), the baseline
 # of tagging queued segments together; batched-blis: batched with spaCy's tagger on
 # cython-blis, the baseline of tagging through NumPy's BLAS (the simulated daemon's switch);
-# batched-serial: batched with delivery in the worker (--no-overlap-delivery), the baseline
-# of delivering while the next batch runs.
-MODES = ("batch1", "batched", "batched-fill", "batched-g2p1", "batched-blis", "batched-serial")
+# batched-overlap: batched with a batch delivered while the next forms (--overlap-delivery),
+# against batched as the baseline.
+MODES = ("batch1", "batched", "batched-fill", "batched-g2p1", "batched-blis", "batched-overlap")
 DEFAULT_MODES = "batch1,batched"
 FULL_NS = "1,2,4,8,16,32,64,128,256,512"
 W = WER_SENTENCES
@@ -521,8 +521,8 @@ def serve_args_for(mode: str, ns: argparse.Namespace, max_n: int) -> list[str]:
     args += ["--batch-policy", "fill" if mode == "batched-fill" else "latency"]
     if mode == "batched-g2p1":
         args += ["--g2p-batch", "1"]
-    if mode == "batched-serial":
-        args += ["--no-overlap-delivery"]
+    if mode == "batched-overlap":
+        args += ["--overlap-delivery"]
     return [*args, *shlex.split(ns.extra_daemon_args)]
 
 

@@ -277,7 +277,7 @@ class Settings:
         hi=64,
     )
     overlap_delivery: bool = knob(
-        True,
+        False,
         "Hand a batch's audio to the calls in a thread of its own, so that the next batch "
         "forms and starts while it is delivered (batched serving).",
     )

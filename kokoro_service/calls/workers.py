@@ -6,9 +6,11 @@ audio (:meth:`Calls.deliver`), then lets each call cut its next segment
 (:meth:`Calls.segment_done`).  A failure inside one segment is logged and that call goes
 on with its next one; the other calls in the batch are not touched.
 
-With ``--overlap-delivery`` (the default) a batched worker hands its batch's results to a
-delivery thread of its own and forms the next batch at once: on the simulated H200 at 256
-calls the device had sat idle for 0.64 s of a 10.6 s round while the worker delivered.
+With ``--overlap-delivery`` a batched worker hands its batch's results to a delivery
+thread of its own and forms the next batch at once: on the simulated H200 at 256 calls the
+device had sat idle for 0.64 s of a 10.6 s round while the worker delivered.  It is off by
+default: on the 2-core host it kept the simulated device busier but cost the daemon's GIL
+more, and stalls at 128-256 calls went both ways across runs (docs/benchmarks.md).
 One batch at most waits for delivery, so a slow delivery holds the worker back rather
 than growing a queue.  A call's next segment is claimed only after its delivery (the
 scheduler keeps one segment in flight per call), so each call's audio keeps its order.
