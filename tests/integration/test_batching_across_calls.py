@@ -238,7 +238,7 @@ def test_a_delivery_that_fails_stops_the_daemon_as_a_worker_would(
 ) -> None:
     """A bug in the delivery thread is not lost there: the worker re-raises it, and the
     server records it and stops, as for a failure in the worker itself."""
-    server = daemon(max_batch=4)
+    server = daemon(max_batch=4, overlap_delivery=True)
 
     def deliver(*args: Any, **kwargs: Any) -> int | None:
         raise RuntimeError("a bug in delivery (injected by the test)")
