@@ -34,6 +34,7 @@ import numpy as np
 from kokoro_service.calls.batchtime import fit_cost
 from kokoro_service.errors import SynthesisError
 from kokoro_service.synthesis.engine import Engine, G2PChunk, Request, Synthesis, WarmUp
+from kokoro_service.synthesis.g2p_batch import tagger_nodes
 from kokoro_service.synthesis.models.sources import ModelSource
 from kokoro_service.types import SAMPLE_RATE
 
@@ -194,12 +195,9 @@ def use_blis(pipe: object) -> None:
     baseline of :func:`~kokoro_service.synthesis.g2p_batch.tag_through_numpy`."""
     from thinc.api import NumpyOps
 
-    nlp = getattr(getattr(pipe, "g2p", None), "nlp", None)
-    nlp = getattr(nlp, "nlp", nlp)  # behind the BatchTagger
     ops = NumpyOps(use_blis=True)
-    for _, component in getattr(nlp, "pipeline", ()):
-        for node in component.model.walk() if hasattr(component, "model") else ():
-            node.ops = ops
+    for node in tagger_nodes(pipe):
+        node.ops = ops
 
 
 def fit_calibration(records: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:

@@ -112,26 +112,35 @@ def tag_through_numpy(pipe: object) -> bool:
 
     NumPy's OpenBLAS is held to one thread, process-wide (nothing else in the daemon
     multiplies through it; torch has its own): the G2P thread is one of many in a busy
-    daemon, and OpenBLAS's second thread spins while idle, which took the daemon's CPU
-    from 4.0 to 6.0 s for the same 64 calls on the simulated device.
+    daemon, and OpenBLAS's second thread spins while idle: for the same 64 calls on the
+    simulated device the daemon's CPU was 6.0 s with two threads against 4.0 s on
+    cython-blis, in one run, and 3.7 s with one thread against 4.4 s, in the next.
 
     Returns whether ``pipe`` has a spaCy model (only misaki's English G2P does).
     """
-    g2p = getattr(pipe, "g2p", None)
-    nlp = getattr(g2p, "nlp", None)
-    nlp = nlp.nlp if isinstance(nlp, BatchTagger) else nlp
-    components = getattr(nlp, "pipeline", None)
-    if not components:
+    nodes = tagger_nodes(pipe)
+    if not nodes:
         return False
     from thinc.api import NumpyOps  # spaCy's own dependency: English G2P has it
 
     _one_blas_thread()
     ops = NumpyOps(use_blis=False)
-    for _, component in components:
-        model = getattr(component, "model", None)
-        for node in model.walk() if model is not None else ():
-            node.ops = ops
+    for node in nodes:
+        node.ops = ops
     return True
+
+
+def tagger_nodes(pipe: object) -> list[Any]:
+    """The thinc layers of ``pipe``'s spaCy model (behind its :class:`BatchTagger`, if it
+    has one), whose ``ops`` do the model's arithmetic; none for a G2P without spaCy."""
+    nlp = getattr(getattr(pipe, "g2p", None), "nlp", None)
+    nlp = nlp.nlp if isinstance(nlp, BatchTagger) else nlp
+    return [
+        node
+        for _, component in getattr(nlp, "pipeline", None) or ()
+        if getattr(component, "model", None) is not None
+        for node in component.model.walk()
+    ]
 
 
 @functools.cache

@@ -15,6 +15,7 @@ from kokoro_service.synthesis.g2p_batch import (
     BatchTagger,
     batch_tagger,
     tag_through_numpy,
+    tagger_nodes,
 )
 from kokoro_service.synthesis.languages import new_pipeline
 from kokoro_service.synthesis.models.architecture import REPO_ID
@@ -101,7 +102,8 @@ def test_the_tagger_multiplies_through_numpy_and_tags_as_blis_does(english: Any)
     (the simulated daemon's ``--tagger-blis`` puts it back, for density.py's baseline)."""
     nlp = english.g2p.nlp
     nlp = nlp.nlp if isinstance(nlp, BatchTagger) else nlp
-    nodes = [n for _, c in nlp.pipeline for n in c.model.walk()]
+    nodes = tagger_nodes(english)
+    assert nodes == [n for _, c in nlp.pipeline for n in c.model.walk()]
 
     def tags() -> list[list[str]]:
         alone = [[t.tag_ for t in nlp(x)] for x in TEXTS]
